@@ -1,0 +1,264 @@
+"""Typed, self-validating configuration for medim.
+
+Every group of the Hydra tree (``configs/``) has a dataclass here. Each dataclass checks its own values in
+``__post_init__`` and raises :class:`ConfigError` naming the setting, the bad value and what is allowed.
+Presets are YAML files under ``configs/<group>/<name>.yaml``; :func:`load_preset` merges one onto the
+dataclass defaults (through OmegaConf structured configs, so unknown keys and wrong types are rejected too).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+T = TypeVar("T")
+
+FAMILIES = ("llama", "gemma", "qwen2")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+ADALN_KINDS = ("per_layer", "single")
+DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of its allowed range; the message names the setting."""
+
+
+def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}={value!r} is invalid: allowed {allowed}")
+
+
+def _positive(name: str, value: int | float) -> None:
+    _check(value > 0, name, value, "> 0")
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    _check(value in choices, name, value, "one of " + ", ".join(choices))
+
+
+def _unit(name: str, value: float, *, open_low: bool = False, open_high: bool = False) -> None:
+    lo_ok = value > 0 if open_low else value >= 0
+    hi_ok = value < 1 if open_high else value <= 1
+    allowed = f"{'(' if open_low else '['}0, 1{')' if open_high else ']'}"
+    _check(lo_ok and hi_ok, name, value, allowed)
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters on the backbone's attention and MLP projections (PEFT)."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+    def __post_init__(self) -> None:
+        _positive("lora.r", self.r)
+        _positive("lora.alpha", self.alpha)
+        _check(0 <= self.dropout < 1, "lora.dropout", self.dropout, "[0, 1)")
+        _check(len(self.target_modules) > 0, "lora.target_modules", self.target_modules, "a non-empty list")
+
+
+@dataclass
+class ModelConfig:
+    """The MeDiM network: backbone shape (or a local pretrained path), vocabulary and time conditioning.
+
+    Sequence layout (fixed length ``seq_len = image_tokens + text_tokens + 2``)::
+
+        <boi> c_1 .. c_N <eoi> w_1 .. w_k <eos> <pad> .. <pad>
+        |--- image region ---|  |------ text region (text_tokens) ------|
+    """
+
+    family: str = "llama"
+    pretrained_path: str | None = None
+    keep_layers: int | None = None
+    hidden_size: int = 256
+    num_layers: int = 6
+    num_heads: int = 4
+    num_kv_heads: int = 4
+    intermediate_size: int = 704
+    rope_theta: float = 10000.0
+    attn_implementation: str = "sdpa"
+    adaln: str = "per_layer"
+    time_embed_dim: int = 256
+    dtype: str = "float32"
+    codebook_size: int = 1024
+    image_tokens: int = 64
+    text_tokens: int = 64
+    train_new_token_rows: bool = True
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lora, dict):
+            self.lora = LoraConfig(**self.lora)
+        _choice("model.family", self.family, FAMILIES)
+        _choice("model.attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
+        _choice("model.adaln", self.adaln, ADALN_KINDS)
+        _choice("model.dtype", self.dtype, DTYPES)
+        for name in (
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "intermediate_size",
+            "time_embed_dim",
+            "codebook_size",
+            "image_tokens",
+            "text_tokens",
+        ):
+            _positive(f"model.{name}", getattr(self, name))
+        _check(self.time_embed_dim % 2 == 0, "model.time_embed_dim", self.time_embed_dim, "an even number")
+        if self.pretrained_path is None:
+            _check(
+                self.hidden_size % self.num_heads == 0,
+                "model.hidden_size",
+                self.hidden_size,
+                f"a multiple of model.num_heads={self.num_heads}",
+            )
+            _check(
+                self.num_heads % self.num_kv_heads == 0,
+                "model.num_kv_heads",
+                self.num_kv_heads,
+                f"a divisor of model.num_heads={self.num_heads}",
+            )
+        if self.keep_layers is not None:
+            _positive("model.keep_layers", self.keep_layers)
+
+    @property
+    def seq_len(self) -> int:
+        return self.image_tokens + self.text_tokens + 2
+
+
+@dataclass
+class DiffusionConfig:
+    """Absorbing-state diffusion with the log-linear schedule and an explicit task mix.
+
+    Task ratios (normalised to sum 1): ``joint`` masks both regions at rate (1-eps)t; ``text_to_image`` keeps
+    the report clean and masks the image; ``image_to_text`` keeps the image clean and masks the report;
+    ``prompt`` keeps a report prefix of ``prompt_tokens`` clean and masks the rest of both regions.
+    ``cond_drop`` replaces the clean condition of a conditional task by [MASK] (trains the CFG branch).
+    """
+
+    eps: float = 1e-3
+    t_min: float = 1e-3
+    joint: float = 0.4
+    text_to_image: float = 0.25
+    image_to_text: float = 0.25
+    prompt: float = 0.1
+    cond_drop: float = 0.1
+    prompt_tokens: int = 8
+
+    def __post_init__(self) -> None:
+        _unit("diffusion.eps", self.eps, open_low=True, open_high=True)
+        _unit("diffusion.t_min", self.t_min, open_low=True, open_high=True)
+        for name in ("joint", "text_to_image", "image_to_text", "prompt"):
+            _check(getattr(self, name) >= 0, f"diffusion.{name}", getattr(self, name), ">= 0")
+        total = self.joint + self.text_to_image + self.image_to_text + self.prompt
+        _check(total > 0, "diffusion task ratios", total, "a positive sum")
+        _unit("diffusion.cond_drop", self.cond_drop, open_high=True)
+        _positive("diffusion.prompt_tokens", self.prompt_tokens)
+
+    @property
+    def task_probs(self) -> list[float]:
+        """Probabilities of (joint, text_to_image, image_to_text, prompt)."""
+        raw = [self.joint, self.text_to_image, self.image_to_text, self.prompt]
+        total = sum(raw)
+        return [r / total for r in raw]
+
+
+@dataclass
+class SamplerConfig:
+    """MaskGIT sampling: arccos commit schedule, Gumbel confidence, classifier-free guidance w*(1-t)."""
+
+    steps: int = 16
+    cfg: float = 5.0
+    temperature: float = 1.0
+    confidence_noise: float = 10.0
+
+    def __post_init__(self) -> None:
+        _positive("sampler.steps", self.steps)
+        _check(self.cfg >= 0, "sampler.cfg", self.cfg, ">= 0")
+        _positive("sampler.temperature", self.temperature)
+        _check(self.confidence_noise >= 0, "sampler.confidence_noise", self.confidence_noise, ">= 0")
+
+
+@dataclass
+class TrainConfig:
+    """The local training loop shared by the centralised baseline and (later) the sites."""
+
+    steps: int = 200
+    batch_size: int = 16
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    grad_clip: float = 1.0
+    seed: int = 0
+    threads: int = 0
+    autocast_bf16: bool = True
+    log_every: int = 10
+    max_minutes: float = 0.0
+
+    def __post_init__(self) -> None:
+        _positive("train.steps", self.steps)
+        _positive("train.batch_size", self.batch_size)
+        _positive("train.lr", self.lr)
+        _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, ">= 0")
+        _check(self.warmup_steps >= 0, "train.warmup_steps", self.warmup_steps, ">= 0")
+        _positive("train.grad_clip", self.grad_clip)
+        _check(self.threads >= 0, "train.threads", self.threads, ">= 0 (0 = all cores)")
+        _positive("train.log_every", self.log_every)
+        _check(self.max_minutes >= 0, "train.max_minutes", self.max_minutes, ">= 0 (0 = no limit)")
+
+
+def config_dir() -> Path:
+    """The Hydra config tree: ``$MEDIM_CONFIG_DIR`` or ``configs/`` at the repository root."""
+    env = os.environ.get("MEDIM_CONFIG_DIR")
+    path = Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
+    if not path.is_dir():
+        raise ConfigError(f"config directory {path} does not exist (set MEDIM_CONFIG_DIR)")
+    return path
+
+
+def presets(group: str) -> list[str]:
+    """Names of the presets available in a config group, e.g. ``presets("model")``."""
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+def build_config(cls: type[T], values: dict[str, Any] | None = None, *, where: str = "") -> T:
+    """Make ``cls`` from a plain mapping through an OmegaConf structured merge.
+
+    Unknown keys and wrong types raise :class:`ConfigError` naming ``where``; value ranges are then checked
+    by the dataclass itself.
+    """
+    base = OmegaConf.structured(cls)
+    OmegaConf.set_struct(base, True)
+    try:
+        merged = OmegaConf.merge(base, OmegaConf.create(values or {}))
+        obj = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{where or cls.__name__}: {err.msg if hasattr(err, 'msg') else err}") from None
+    assert isinstance(obj, cls)
+    return obj
+
+
+def load_preset(cls: type[T], group: str, name: str, **overrides: Any) -> T:
+    """Load ``configs/<group>/<name>.yaml`` into ``cls``, apply keyword overrides, validate."""
+    path = config_dir() / group / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{group} preset {name!r} not found in {path.parent}: available {presets(group)}")
+    loaded = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    assert isinstance(loaded, dict)
+    raw: dict[str, Any] = {str(k): v for k, v in loaded.items()}
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(f"unknown {group} setting(s) {unknown}: allowed {sorted(known)}")
+    raw.update(overrides)
+    return build_config(cls, raw, where=str(path))

@@ -162,7 +162,10 @@ def _labels(path: Path, index: ArchiveIndex) -> dict[str, dict[str, float | None
 
 def _study_text(report_path: Path, entry: SplitEntry, config: TextConfig) -> StudyText:
     if report_path.is_file():
-        raw = report_path.read_text(encoding="utf-8", errors="replace")
+        try:
+            raw = report_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return StudyText(None, None, None, "unreadable_report")
         if not raw.strip():
             return StudyText(None, None, None, "empty_report")
         sections = parse_report(raw)

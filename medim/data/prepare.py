@@ -70,7 +70,11 @@ def _decode(candidate: Candidate, settings: ImageSettings) -> Image.Image:
 
 def prepare_one(candidate: Candidate, out: Path, settings: ImageSettings) -> Prepared:
     """Prepare ``candidate``'s image under ``out`` (re-using a cached one) and return its outcome."""
-    rel = cached_path(cache_key(candidate.source, settings))
+    try:
+        rel = cached_path(cache_key(candidate.source, settings))
+    except OSError as err:
+        skip = SkipRecord(candidate.record.source, "unreadable_image", f"{candidate.source}: {err}")
+        return Prepared(record=None, skip=skip, decoded=False)
     record = replace(candidate.record, image=rel)
     if (out / rel).is_file():
         return Prepared(record=record, skip=None, decoded=False)

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
+from pydicom.uid import UID, ExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGLSLossless, generate_uid
 from pydicom.uid import DigitalXRayImageStorageForPresentation as DX
-from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGLSLossless, generate_uid
 
 from medim.data.dicom import DicomError, decode_dicom
 
@@ -25,7 +25,7 @@ def write_dicom(
     intercept: float | None = None,
     window: tuple[float, float] | None = None,
     voi_lut: tuple[list[int], list[int]] | None = None,
-    syntax: str = ExplicitVRLittleEndian,
+    syntax: UID = ExplicitVRLittleEndian,
     encoded: bytes | None = None,
 ) -> Path:
     """Write a one-frame DX DICOM holding ``pixels`` (uint16 [H, W] unless ``encoded`` frame bytes are given)."""

@@ -142,7 +142,7 @@ def smooth_noise(rng: np.random.Generator, n: int, cells: int) -> np.ndarray:
     i = np.minimum(t.astype(int), cells - 1)
     f = (t - i)[:, None]
     rows = grid[i] * (1 - f) + grid[i + 1] * f
-    return rows[:, i] * (1 - f.T) + rows[:, i + 1] * f.T
+    return (rows[:, i] * (1 - f.T) + rows[:, i + 1] * f.T).astype(np.float32)
 
 
 def _ellipse(x: np.ndarray, y: np.ndarray, cx: float, cy: float, ax: float, ay: float) -> np.ndarray:
@@ -176,7 +176,7 @@ def _blur(img: np.ndarray) -> np.ndarray:
 
 
 def _frontal(case: CxrCase, n: int, rng: np.random.Generator) -> np.ndarray:
-    y, x = np.mgrid[0:n, 0:n] / float(n)
+    y, x = (np.mgrid[0:n, 0:n] / float(n)).astype(np.float32)
     xm = 0.5 + rng.normal(0, 0.01)
     half = 0.35 + rng.normal(0, 0.012)  # thoracic half-width
     dome = 0.69 + rng.normal(0, 0.01)
@@ -277,7 +277,7 @@ def _draw_device(
 
 
 def _lateral(case: CxrCase, n: int, rng: np.random.Generator) -> np.ndarray:
-    y, x = np.mgrid[0:n, 0:n] / float(n)
+    y, x = (np.mgrid[0:n, 0:n] / float(n)).astype(np.float32)
     dome = 0.7 + rng.normal(0, 0.01)
     body = _ellipse(x, y, 0.5, 0.6, 0.4, 0.65) < 1
     d = np.where(body, _SOFT, 0.0)

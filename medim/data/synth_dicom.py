@@ -135,11 +135,11 @@ def _voi(ds: Dataset, scanner: ScannerConfig) -> None:
         ds.VOILUTFunction = "LINEAR"
         return
     x = np.arange(MAX_STORED + 1, dtype=np.float64)
-    lut = np.rint(65535 / (1.0 + np.exp(-4.0 * (x - centre) / width))).astype(int)
+    lut = np.rint(65535 / (1.0 + np.exp(-4.0 * (x - centre) / width))).astype(np.uint16)
     item = Dataset()
     item.LUTDescriptor = [MAX_STORED + 1, 0, 16]
     item.LUTExplanation = "SIGMOID CHEST"
-    item.add(DataElement(0x00283006, "US", [int(v) for v in lut]))
+    item.add(DataElement(0x00283006, "OW", lut.astype("<u2").tobytes()))
     ds.VOILUTSequence = [item]
 
 

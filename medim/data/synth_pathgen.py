@@ -88,7 +88,7 @@ def write_pathgen_site(
             caption = write_caption(case, rng)
             patch_id = f"{wsi_id}_{x}_{y}"
             Image.fromarray(draw_patch(case, size=plan.size, rng=rng)).save(
-                root / PATCH_DIR / f"{patch_id}.png"
+                root / PATCH_DIR / f"{patch_id}.png", compress_level=1
             )
             (root / PATCH_DIR / f"{patch_id}.txt").write_text(caption + "\n", encoding="utf-8")
             entries.append(

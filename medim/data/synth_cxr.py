@@ -326,7 +326,8 @@ class FrontalMeasurements:
 
     ``ctr``: cardiothoracic ratio; ``*_base``: mean brightness of the lateral lung base (higher with effusion);
     ``*_apex``: mean brightness of the lateral upper lung (lower with pneumothorax). Brightness values are on the
-    image's own 1st-99th percentile scale, [0, 1].
+    image's own 1st-99th percentile scale, [0, 1]. ``ctr`` is only meaningful without effusion (fluid at the
+    heart's level widens the measured bright span).
     """
 
     ctr: float

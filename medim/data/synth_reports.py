@@ -107,11 +107,12 @@ class _Writer:
         self.impression: list[str] = []
         self.labels: dict[str, float] = {}
 
-    def positive(self, text: str, impression: str | None, *columns: str) -> None:
+    def positive(self, text: str, impression: str | None, finding: str) -> None:
+        """State a canonical ``finding``; its CheXpert columns become 1.0."""
         self.findings.append(text)
         if impression:
             self.impression.append(impression)
-        for column in columns:
+        for column in F.CHEXPERT_OF_FINDING[finding]:
             self.labels[column] = 1.0
 
     def negative(self, text: str, *columns: str) -> None:
@@ -126,7 +127,7 @@ def _heart(w: _Writer, case: CxrCase) -> None:
         g = case.cardiomegaly
         adverb = {"mild": "mildly", "moderate": "moderately", "severe": "markedly"}[g]
         text = _pick(rng, (f"The heart is {adverb} enlarged.", f"{g.capitalize()} cardiomegaly is present."))
-        w.positive(text, _pick(rng, (f"{g.capitalize()} cardiomegaly.", "Cardiomegaly.")), "Cardiomegaly")
+        w.positive(text, _pick(rng, (f"{g.capitalize()} cardiomegaly.", "Cardiomegaly.")), F.CARDIOMEGALY)
     elif rng.random() < 0.8:
         text = _pick(
             rng,
@@ -151,7 +152,7 @@ def _pleura(w: _Writer, case: CxrCase) -> None:
         imp = _side_phrase(
             rng, case.left_effusion, case.right_effusion, "pleural effusion", "pleural effusions", short=True
         )
-        w.positive(text, imp, "Pleural Effusion")
+        w.positive(text, imp, F.LEFT_PLEURAL_EFFUSION if case.left_effusion else F.RIGHT_PLEURAL_EFFUSION)
     if ptx:
         text = _side_phrase(
             rng, case.left_pneumothorax, case.right_pneumothorax, "pneumothorax", "pneumothoraces"
@@ -159,7 +160,7 @@ def _pleura(w: _Writer, case: CxrCase) -> None:
         imp = _side_phrase(
             rng, case.left_pneumothorax, case.right_pneumothorax, "pneumothorax", "pneumothoraces", short=True
         )
-        w.positive(text, imp, "Pneumothorax")
+        w.positive(text, imp, F.LEFT_PNEUMOTHORAX if case.left_pneumothorax else F.RIGHT_PNEUMOTHORAX)
     if not eff and not ptx:
         text = _pick(
             rng,
@@ -189,8 +190,7 @@ def _lungs(w: _Writer, case: CxrCase) -> None:
                 f"Focal airspace opacity in the {lobe} is compatible with consolidation.",
             ),
         )
-        w.positive(text, f"{lobe.capitalize()} consolidation, which may reflect pneumonia.", "Consolidation")
-        w.labels["Lung Opacity"] = 1.0
+        w.positive(text, f"{lobe.capitalize()} consolidation, which may reflect pneumonia.", F.CONSOLIDATION)
         w.labels["Pneumonia"] = -1.0
     elif rng.random() < 0.85:
         text = _pick(
@@ -214,7 +214,7 @@ def _lungs(w: _Writer, case: CxrCase) -> None:
             ),
         )
         imp = f"{size.capitalize()} {nod.side} {nod.zone} lung nodule; recommend chest CT for further evaluation."
-        w.positive(text, imp, "Lung Lesion")
+        w.positive(text, imp, F.NODULE)
     elif rng.random() < 0.3:
         w.negative("No suspicious pulmonary nodules are seen.", "Lung Lesion")
     if rng.random() < 0.5:
@@ -226,7 +226,7 @@ def write_report(case: CxrCase, *, view: str, lateral: bool, rng: np.random.Gene
     w = _Writer(rng)
     for device in case.devices:
         text = _pick(rng, _DEVICE_SENTENCES[device]).format(cm=int(rng.integers(3, 6)))
-        w.positive(text, None, "Support Devices")
+        w.positive(text, None, F.SUPPORT_DEVICE)
     order = [_heart, _pleura, _lungs]
     if rng.random() < 0.4:
         order = [order[i] for i in rng.permutation(3)]
@@ -236,7 +236,7 @@ def write_report(case: CxrCase, *, view: str, lateral: bool, rng: np.random.Gene
         w.negative("No acute osseous abnormality.", "Fracture")
     pathology = case.findings & set(F.CXR_PATHOLOGIES)
     if not pathology:
-        w.labels["No Finding"] = 1.0
+        w.labels.update(dict.fromkeys(F.CHEXPERT_OF_FINDING[F.NO_FINDING], 1.0))
         w.impression = [_pick(rng, ("No acute cardiopulmonary process.", "No acute intrathoracic process."))]
     if case.devices and rng.random() < 0.5:
         w.impression.append("Support devices in standard position.")

@@ -121,7 +121,8 @@ class SiteConfig:
             self.pathology.validate(f"{where}.pathology")
 
 
-def _scanners() -> dict[str, ScannerConfig]:
+def default_scanners() -> dict[str, ScannerConfig]:
+    """The four scanner conventions of the default federation, by name."""
     return {
         "dx-m2": ScannerConfig(name="dx-m2", manufacturer="Synthetic Imaging A"),
         "cr-m1-lut": ScannerConfig(
@@ -153,7 +154,7 @@ def _scanners() -> dict[str, ScannerConfig]:
 
 def default_sites() -> list[SiteConfig]:
     """The default non-IID federation (see the module docstring)."""
-    s = _scanners()
+    s = default_scanners()
     uniform = dict.fromkeys(CXR_PREVALENCE_KEYS, 0.0)
     outpatient = {
         **uniform,
@@ -213,7 +214,7 @@ def default_sites() -> list[SiteConfig]:
 
 def default_heldout() -> SiteConfig:
     """The coordinator's test sets: balanced findings, both scanner conventions."""
-    s = _scanners()
+    s = default_scanners()
     balanced = {**dict.fromkeys(CXR_PREVALENCE_KEYS, 0.2), "support_device": 0.25}
     return SiteConfig(
         "heldout",
@@ -224,7 +225,7 @@ def default_heldout() -> SiteConfig:
 
 def default_public() -> SiteConfig:
     """A public pretraining pool whose distribution differs from the hospitals'."""
-    s = _scanners()
+    s = default_scanners()
     prevalence = {
         **dict.fromkeys(CXR_PREVALENCE_KEYS, 0.0),
         "cardiomegaly": 0.2,

@@ -1,8 +1,10 @@
-"""The local training loop shared by the centralised baseline, pretraining and (later) each site.
+"""The local training loop shared by the centralised baseline, pretraining and each site (private or not).
 
-Trains whatever parameters of the model require grad on clean sequences x0 [N, L]: every step samples a batch,
-noises it (task mix, times), computes the diffusion loss, and takes an AdamW step with warmup + cosine learning
-rate and gradient clipping. On CPU, bf16 autocast (fp32 master weights) is used when configured.
+Trains whatever parameters of the model require grad on clean sequences x0 [N, L]: every step draws a batch of
+record indices, noises the batch (task mix, times), computes the diffusion loss, and hands it to an update rule
+(:func:`train_local`: AdamW with gradient clipping; :mod:`medim.privacy`: DP-SGD). The learning rate follows
+warmup + cosine. On CPU, bf16 autocast (fp32 master weights) is used when configured. With ``proximal_mu > 0``
+FedProx's proximal term pulls the trainable tensors toward an anchor (:mod:`medim.proximal`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from tqdm import tqdm
 from medim.config import DiffusionConfig, TrainConfig
 from medim.diffusion import Loss, NoisedBatch, add_noise, diffusion_loss
 from medim.model.medim import MeDiM
+from medim.proximal import ProximalTerm
 
 
 @dataclass
@@ -60,58 +63,130 @@ def compute_loss(model: MeDiM, batch: NoisedBatch, *, autocast_bf16: bool) -> Lo
     return diffusion_loss(logits, batch, model.vocab)
 
 
+def check_sequences(model: MeDiM, x0: torch.Tensor) -> None:
+    """Raise ValueError unless x0 is a non-empty LongTensor [N, L] of the model's sequence length."""
+    if x0.dim() != 2 or x0.shape[1] != model.vocab.seq_len:
+        raise ValueError(f"x0 has shape {tuple(x0.shape)}, expected [N, {model.vocab.seq_len}]")
+    if x0.shape[0] == 0:
+        raise ValueError("no training sequences")
+
+
+class ShuffledBatches:
+    """Index draws LongTensor [batch_size] walking through reshuffled epochs of ``n`` records."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
+        self.n, self.batch_size, self.generator = n, min(batch_size, n), generator
+        self.order = torch.randperm(n, generator=generator)
+        self.cursor = 0
+
+    def __call__(self) -> torch.Tensor:
+        if self.cursor + self.batch_size > self.n:
+            self.order, self.cursor = torch.randperm(self.n, generator=self.generator), 0
+        self.cursor += self.batch_size
+        return self.order[self.cursor - self.batch_size : self.cursor]
+
+
+def run_steps(
+    model: MeDiM,
+    x0: torch.Tensor,
+    *,
+    diffusion: DiffusionConfig,
+    train: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    draw: Callable[[], torch.Tensor],
+    update: Callable[[Loss | None], None],
+    generator: torch.Generator,
+    progress: bool,
+    on_log: Callable[[StepLog], None] | None,
+    desc: str = "train",
+) -> TrainResult:
+    """The shared loop: ``train.steps`` steps (or ``max_minutes``) of draw -> noise -> loss -> update.
+
+    Args:
+        x0: LongTensor [N, L] of clean sequences.
+        optimizer: its learning rate is set from :func:`lr_at` before every update.
+        draw: returns the record indices of the next batch, LongTensor [B] (B may be 0 under Poisson sampling).
+        update: takes the batch's loss (None for an empty batch) and does backward + optimizer step.
+        generator: randomness of the diffusion noise (tasks, times, masks).
+    """
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    model.train()
+    result = TrainResult(steps=0, seconds=0.0, tokens_per_second=0.0)
+    tokens = 0
+    start = time.perf_counter()
+    bar = tqdm(range(train.steps), desc=desc, disable=not progress, dynamic_ncols=True)
+    try:
+        for step in bar:
+            idx = draw()
+            lr = lr_at(step, train)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss = None
+            if len(idx) > 0:
+                batch = add_noise(x0[idx], model.vocab, diffusion, generator=generator)
+                loss = compute_loss(model, batch, autocast_bf16=train.autocast_bf16)
+                tokens += len(idx) * model.vocab.seq_len
+            update(loss)
+            result.steps = step + 1
+            if loss is not None and (step % train.log_every == 0 or step == train.steps - 1):
+                log = StepLog(step, loss.total.item(), loss.image.item(), loss.text.item(), lr)
+                result.history.append(log)
+                bar.set_postfix(loss=f"{log.loss:.3f}")
+                if on_log is not None:
+                    on_log(log)
+            if train.max_minutes and time.perf_counter() - start > 60 * train.max_minutes:
+                break
+    finally:
+        bar.close()
+        model.eval()
+    result.seconds = time.perf_counter() - start
+    result.tokens_per_second = tokens / max(result.seconds, 1e-9)
+    return result
+
+
 def train_local(
     model: MeDiM,
     x0: torch.Tensor,
     *,
     diffusion: DiffusionConfig,
     train: TrainConfig,
+    proximal_mu: float = 0.0,
+    anchor: dict[str, torch.Tensor] | None = None,
     progress: bool = True,
     on_log: Callable[[StepLog], None] | None = None,
 ) -> TrainResult:
-    """Train ``model``'s trainable parameters on x0 [N, L] for ``train.steps`` steps (or ``max_minutes``)."""
-    if x0.dim() != 2 or x0.shape[1] != model.vocab.seq_len:
-        raise ValueError(f"x0 has shape {tuple(x0.shape)}, expected [N, {model.vocab.seq_len}]")
-    if x0.shape[0] == 0:
-        raise ValueError("no training sequences")
-    if train.threads:
-        torch.set_num_threads(train.threads)
+    """Train ``model``'s trainable parameters on x0 [N, L] for ``train.steps`` steps (or ``max_minutes``).
+
+    Non-private: shuffled batches of ``train.batch_size``, AdamW, global gradient clipping at
+    ``train.grad_clip``. With ``proximal_mu > 0`` the gradient ``mu * (w - anchor)`` is added after clipping;
+    ``anchor`` (trainable-state keys) defaults to the trainable state at the start.
+    """
+    check_sequences(model, x0)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+    prox = ProximalTerm.for_model(model, mu=proximal_mu, anchor=anchor)
     generator = torch.Generator().manual_seed(train.seed)
-    model.train()
-    result = TrainResult(steps=0, seconds=0.0, tokens_per_second=0.0)
-    start = time.perf_counter()
-    order = torch.randperm(x0.shape[0], generator=generator)
-    cursor = 0
-    bar = tqdm(range(train.steps), desc="train", disable=not progress, dynamic_ncols=True)
-    for step in bar:
-        if cursor + train.batch_size > len(order):
-            order, cursor = torch.randperm(x0.shape[0], generator=generator), 0
-        idx = order[cursor : cursor + train.batch_size]
-        cursor += train.batch_size
-        batch = add_noise(x0[idx], model.vocab, diffusion, generator=generator)
-        lr = lr_at(step, train)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss = compute_loss(model, batch, autocast_bf16=train.autocast_bf16)
+    draw = ShuffledBatches(x0.shape[0], train.batch_size, generator)
+
+    def update(loss: Loss | None) -> None:
+        assert loss is not None, "shuffled batches are never empty"
         optimizer.zero_grad(set_to_none=True)
         loss.total.backward()
         torch.nn.utils.clip_grad_norm_(params, train.grad_clip)
+        if prox is not None:
+            prox.add_grad()
         optimizer.step()
-        result.steps = step + 1
-        if step % train.log_every == 0 or step == train.steps - 1:
-            log = StepLog(step, loss.total.item(), loss.image.item(), loss.text.item(), lr)
-            result.history.append(log)
-            bar.set_postfix(loss=f"{log.loss:.3f}")
-            if on_log is not None:
-                on_log(log)
-        if train.max_minutes and time.perf_counter() - start > 60 * train.max_minutes:
-            break
-    bar.close()
-    result.seconds = time.perf_counter() - start
-    result.tokens_per_second = (
-        result.steps * train.batch_size * model.vocab.seq_len / max(result.seconds, 1e-9)
+
+    return run_steps(
+        model,
+        x0,
+        diffusion=diffusion,
+        train=train,
+        optimizer=optimizer,
+        draw=draw,
+        update=update,
+        generator=generator,
+        progress=progress,
+        on_log=on_log,
     )
-    model.eval()
-    return result

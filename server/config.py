@@ -1,0 +1,81 @@
+"""Typed federation settings (the ``fl`` config group, presets under ``configs/fl/``).
+
+Everything the coordinator decides: the strategy and its parameters, rounds, sampling, what each site is asked to
+do per round (local steps, learning rate, batch size, FedProx's mu), how often the global model is evaluated, and
+the bounds an update must respect to be aggregated. A site's privacy settings are *not* here: they are the site's
+own (:class:`client.config.SiteConfig`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from medim.config import _check, _choice, _positive, _unit
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedtrimmedavg", "fedmedian", "krum")
+
+
+@dataclass
+class ValidationConfig:
+    """Bounds an update must respect to be aggregated (see :mod:`server.validation`)."""
+
+    max_update_norm: float = 1000.0
+    max_update_bytes: int = 512 * 1024 * 1024
+    max_num_examples: int = 100_000
+
+    def __post_init__(self) -> None:
+        _positive("fl.validation.max_update_norm", self.max_update_norm)
+        _positive("fl.validation.max_update_bytes", self.max_update_bytes)
+        _positive("fl.validation.max_num_examples", self.max_num_examples)
+
+
+@dataclass
+class FLConfig:
+    """One federated run: strategy, rounds, sampling, the per-round site task, evaluation and validation."""
+
+    strategy: str = "fedavg"
+    rounds: int = 3
+    fraction: float = 1.0
+    min_sites: int = 1
+    local_steps: int = 20
+    lr: float = 1e-3
+    batch_size: int = 8
+    warmup_steps: int = 2
+    proximal_mu: float = 0.0
+    server_lr: float = 0.1
+    server_tau: float = 1e-3
+    trim_beta: float = 0.2
+    krum_malicious: int = 0
+    eval_every: int = 1
+    eval_rows: int = 64
+    seed: int = 0
+    timeout_s: float = 3600.0
+    keep_checkpoints: int = 2
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.validation, dict):
+            self.validation = ValidationConfig(**self.validation)
+        _choice("fl.strategy", self.strategy, STRATEGIES)
+        _positive("fl.rounds", self.rounds)
+        _unit("fl.fraction", self.fraction, open_low=True)
+        _positive("fl.min_sites", self.min_sites)
+        _positive("fl.local_steps", self.local_steps)
+        _positive("fl.lr", self.lr)
+        _positive("fl.batch_size", self.batch_size)
+        _check(self.warmup_steps >= 0, "fl.warmup_steps", self.warmup_steps, ">= 0")
+        _check(self.proximal_mu >= 0, "fl.proximal_mu", self.proximal_mu, ">= 0")
+        _check(
+            self.strategy != "fedprox" or self.proximal_mu > 0,
+            "fl.proximal_mu",
+            self.proximal_mu,
+            "> 0 with fl.strategy=fedprox",
+        )
+        _positive("fl.server_lr", self.server_lr)
+        _positive("fl.server_tau", self.server_tau)
+        _check(0 <= self.trim_beta < 0.5, "fl.trim_beta", self.trim_beta, "[0, 0.5)")
+        _check(self.krum_malicious >= 0, "fl.krum_malicious", self.krum_malicious, ">= 0")
+        _positive("fl.eval_every", self.eval_every)
+        _check(self.eval_rows >= 0, "fl.eval_rows", self.eval_rows, ">= 0 (0 = every held-out row)")
+        _positive("fl.timeout_s", self.timeout_s)
+        _positive("fl.keep_checkpoints", self.keep_checkpoints)

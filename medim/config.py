@@ -262,3 +262,38 @@ def load_preset(cls: type[T], group: str, name: str, **overrides: Any) -> T:
         raise ConfigError(f"unknown {group} setting(s) {unknown}: allowed {sorted(known)}")
     raw.update(overrides)
     return build_config(cls, raw, where=str(path))
+
+
+@dataclass
+class RootConfig:
+    """The composed Hydra config of a run: one entry per group of ``configs/config.yaml``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def register_configs() -> None:
+    """Register :class:`RootConfig` with Hydra's ConfigStore as ``medim_schema`` (the base of config.yaml)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="medim_schema", node=RootConfig)
+
+
+def compose(overrides: list[str] | None = None) -> RootConfig:
+    """Compose ``configs/config.yaml`` with Hydra command-line style overrides, e.g.
+    ``["model=tiny", "train.steps=10"]``, and validate the result."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+
+    register_configs()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides or []))
+    except HydraException as err:
+        raise ConfigError(f"config overrides {overrides}: {err}") from None
+    raw = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(raw, dict)
+    return build_config(RootConfig, {str(k): v for k, v in raw.items()}, where="composed config")

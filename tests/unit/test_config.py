@@ -47,3 +47,21 @@ def test_unknown_override_and_wrong_type_rejected():
         load_preset(ModelConfig, "model", "tiny", hidden_size="wide")
     with pytest.raises(ConfigError, match="not found"):
         load_preset(ModelConfig, "model", "huge")
+
+
+def test_hydra_compose_with_overrides():
+    from medim.config import RootConfig, compose
+
+    cfg = compose(["model=tiny", "train=tiny", "train.steps=7", "model.adaln=single"])
+    assert isinstance(cfg, RootConfig)
+    assert cfg.model.hidden_size == 64 and cfg.model.adaln == "single" and cfg.train.steps == 7
+    assert compose().model.hidden_size == 256  # defaults: small
+
+
+def test_hydra_compose_rejects_bad_values():
+    from medim.config import compose
+
+    with pytest.raises(ConfigError, match=r"model.family='gpt2' is invalid"):
+        compose(["model.family=gpt2"])
+    with pytest.raises(ConfigError, match="overrides"):
+        compose(["model=huge"])

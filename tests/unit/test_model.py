@@ -224,3 +224,23 @@ def test_liquid_preset_shapes_on_tiny_random_gemma(tmp_path):
         medim.build_model("liquid-7b", pretrained_path=str(tmp_path / "liquid"), keep_layers=13)
     with pytest.raises(ConfigError, match="no config.json"):
         medim.build_model("liquid-7b", pretrained_path=str(tmp_path / "missing"))
+
+
+def test_pretrained_backbone_uses_its_own_tokenizer(tmp_path):
+    from transformers import PreTrainedTokenizerFast
+
+    from medim.model.factory import text_tokenizer
+    from medim.tokenize.text import BUILTIN_PATH
+
+    donor = _tiny("gemma")
+    donor.backbone.save_pretrained(tmp_path / "hf")
+    PreTrainedTokenizerFast(tokenizer_file=str(BUILTIN_PATH), unk_token="<unk>").save_pretrained(
+        tmp_path / "hf"
+    )
+    model = medim.build_model("tiny", family="gemma", pretrained_path=str(tmp_path / "hf"))
+    tok = text_tokenizer(model.cfg)
+    assert tok.size == model.vocab.text_size == donor.vocab.text_size
+    ids = tok.encode("no pleural effusion.")
+    assert ids and max(ids) < tok.size and tok.decode(ids) == "no pleural effusion."
+    with pytest.raises(ConfigError, match="family"):
+        medim.build_model("tiny", family="llama", pretrained_path=str(tmp_path / "hf"))

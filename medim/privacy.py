@@ -186,6 +186,7 @@ def train_private(
             n=n,
             reason=reason,
         )
+    prox = ProximalTerm.for_model(model, mu=proximal_mu, anchor=anchor)
     ledger.with_round([*ledger.history, planned]).save()  # write-ahead: a crash mid-round still counts
     accountant = create_accountant(privacy.accountant)
     accountant.history = [(e.noise_multiplier, e.sample_rate, e.steps) for e in ledger.history]
@@ -196,7 +197,7 @@ def train_private(
         train=train,
         privacy=privacy,
         sample_rate=sample_rate,
-        prox=ProximalTerm.for_model(model, mu=proximal_mu, anchor=anchor),
+        prox=prox,
         accountant=accountant,
         progress=progress,
         on_log=on_log,

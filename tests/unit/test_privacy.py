@@ -334,6 +334,29 @@ def test_round_over_budget_is_refused_without_touching_model_or_ledger(tmp_path)
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
+def test_crash_mid_round_still_counts_the_planned_steps_and_removes_hooks(tmp_path):
+    path = tmp_path / "ledger.json"
+    model = tiny()
+
+    def crash(_log):
+        raise RuntimeError("site process killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        train_private(
+            model,
+            records(model),
+            diffusion=DIFFUSION,
+            train=TrainConfig(steps=5, batch_size=4, log_every=1),
+            privacy=PrivacyConfig(seed=0),
+            ledger_path=path,
+            progress=False,
+            on_log=crash,
+        )
+    assert PrivacyLedger.load(path, accountant="rdp", delta=1e-5).history == [LedgerEntry(1.0, 0.25, 5)]
+    assert not hasattr(model, "autograd_grad_sample_hooks")
+    assert not any(hasattr(p, "grad_sample") for p in model.parameters())
+
+
 def test_non_private_round_makes_epsilon_infinite_and_later_dp_rounds_refused(tmp_path):
     path = tmp_path / "ledger.json"
     train = TrainConfig(steps=1, batch_size=4)

@@ -94,7 +94,7 @@ class SharedAdaLN(nn.Module):
     def forward(self, c: torch.Tensor) -> torch.Tensor:
         batch = c.shape[0]
         shared = self.shared(self.act(c)).view(batch, 1, N_MOD, self.hidden)
-        layer_ids = torch.arange(self.n_layers, device=c.device).expand(batch, self.n_layers)
+        layer_ids = torch.arange(self.n_layers, device=c.device).expand(batch, self.n_layers).contiguous()
         offset = self.offset(layer_ids).view(batch, self.n_layers, N_MOD, self.hidden)
         return shared + offset
 

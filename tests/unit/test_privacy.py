@@ -97,22 +97,9 @@ def test_per_sample_gradients_match_one_at_a_time(mode, adaln):
         session.close()
 
 
-GHOST_SINGLE = pytest.param(
-    "ghost",
-    "single",
-    marks=pytest.mark.xfail(
-        strict=True,
-        raises=RuntimeError,
-        reason="opacus 1.6 ghost norm sampler for nn.Embedding calls .view() on the input ids; SharedAdaLN "
-        "(medim/model/time.py) feeds it expanded, non-contiguous layer ids: use hooks with adaln=single",
-    ),
-)
-
-
 @pytest.mark.parametrize(
     ("mode", "adaln"),
-    [(m, a) for m in GRAD_SAMPLE_MODES for a in ("per_layer", "single") if (m, a) != ("ghost", "single")]
-    + [GHOST_SINGLE],
+    [(m, a) for m in GRAD_SAMPLE_MODES for a in ("per_layer", "single")],
 )
 def test_clipped_noiseless_step_is_mean_of_clipped_per_sample_gradients(mode, adaln):
     model = tiny(adaln)

@@ -19,7 +19,7 @@ from typing import Any
 
 from medim.config import ConfigError, load_preset, presets
 from medim.tokenize.taming import load_taming
-from medim.tokenize.vq import load_tokenizer
+from medim.tokenize.vq import META_FILE, load_tokenizer, read_meta
 from medim.tokenize.vq_cache import encode_folder
 from medim.tokenize.vq_config import TokenizerConfig
 from medim.tokenize.vq_data import HELD_OUT, load_images
@@ -107,7 +107,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     if args.command == "report":
         tokenizer = load_tokenizer(args.tokenizer)
         heldout = load_images(args.data, HELD_OUT, tokenizer.config.resolution)
-        report = reconstruction_report(tokenizer, heldout, args.out or args.tokenizer, step=-1)
+        step = int(read_meta(args.tokenizer)["step"]) if (args.tokenizer / META_FILE).is_file() else 0
+        report = reconstruction_report(tokenizer, heldout, args.out or args.tokenizer, step=step)
         return asdict(report)
     model = load_taming(args.ckpt, args.yaml)
     model.save(args.out, extra={"imported_from": str(args.ckpt)})

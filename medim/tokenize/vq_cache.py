@@ -47,9 +47,9 @@ class CodeCache:
         return {image_id: self.codes[i] for i, image_id in enumerate(self.ids)}
 
 
-def cache_path(folder: str | Path, tokenizer: VQTokenizer) -> Path:
-    """Where the cache of ``tokenizer`` lives in a prepared folder."""
-    return Path(folder) / f"{CACHE_PREFIX}{tokenizer.fingerprint()}.safetensors"
+def cache_path(folder: str | Path, fingerprint: str) -> Path:
+    """Where the cache of the tokenizer with this :meth:`VQTokenizer.fingerprint` lives in a prepared folder."""
+    return Path(folder) / f"{CACHE_PREFIX}{fingerprint}.safetensors"
 
 
 def load_code_cache(path: str | Path) -> CodeCache:
@@ -82,7 +82,8 @@ def encode_folder(
     """Codes of every image (all splits) of a prepared folder, from its cache when that is up to date."""
     folder = Path(folder)
     rows = read_manifest(folder)
-    path = cache_path(folder, tokenizer)
+    fingerprint = tokenizer.fingerprint()
+    path = cache_path(folder, fingerprint)
     ids = [row.id for row in rows]
     if path.is_file():
         cached = load_code_cache(path)
@@ -101,7 +102,7 @@ def encode_folder(
     codes = torch.cat(chunks) if chunks else torch.zeros((0, tokenizer.config.image_tokens), dtype=torch.long)
     metadata = {
         "ids": json.dumps(ids),
-        "fingerprint": tokenizer.fingerprint(),
+        "fingerprint": fingerprint,
         "image_tokens": str(tokenizer.config.image_tokens),
         "codebook_size": str(tokenizer.config.codebook_size),
     }
@@ -110,7 +111,7 @@ def encode_folder(
     os.replace(tmp, path)
     return CodeCache(
         path=path,
-        fingerprint=metadata["fingerprint"],
+        fingerprint=fingerprint,
         ids=ids,
         codes=codes,
         codebook_size=tokenizer.config.codebook_size,

@@ -156,7 +156,7 @@ def test_report_and_import_taming_commands(tmp_path, capsys):
     code, summary, _ = run_cli(
         capsys, "report", "--tokenizer", tok, "--data", data, "--out", tmp_path / "rep"
     )
-    assert code == 0 and set(summary["modalities"]) == {"cxr"}
+    assert code == 0 and set(summary["modalities"]) == {"cxr"} and summary["step"] == 1
     assert (tmp_path / "rep" / "reconstruction.json").is_file() and (
         tmp_path / "rep" / "reconstruction.png"
     ).is_file()

@@ -13,10 +13,11 @@ For each of the 14 CheXpert columns (:data:`medim.data.findings.CHEXPERT_COLUMNS
    "except" and "and there is/are";
 3. mentions: per-column regular expressions (:data:`_MENTIONS`); "normal" statements such as "heart size is
    normal" or "lungs are clear" give an explicit ``0`` (:data:`_NORMALS`);
-4. a mention is uncertain when an uncertainty cue ("possible", "may", "cannot be excluded", ...) is in its
-   clause (before it, or a post-cue after it), else negative when a negation cue ("no", "without", ...) is
-   before it or a post-negation ("is not seen", "has resolved", ...) after it, else positive; pseudo-negations
-   such as "no change" are ignored;
+4. a mention is negative when a negation cue ("no", "without", ...) comes before an uncertainty cue before it
+   ("no consolidation to suggest pneumonia"); else uncertain when an uncertainty cue ("possible", "may",
+   "cannot be excluded", ...) is in its clause (before it, or a post-cue after it); else negative when a
+   negation cue is before it or a post-negation ("is not seen", "has resolved", ...) after it; else positive.
+   Pseudo-negations such as "no change" are ignored;
 5. per column: positive beats uncertain beats negative;
 6. ``No Finding`` is ``1`` when no column other than Support Devices is positive or uncertain, else ``None``.
 """
@@ -44,7 +45,7 @@ _MENTIONS: dict[str, str] = {
     r"\bmediastin\w* (?:is |appears )?widen\w*|\bcardiomediastinal silhouette (?:is|appears) enlarged\b",
     "Fracture": r"\bfractur\w*",
     "Lung Lesion": r"\bnodul\w*|\bmass(?:es)?\b|\blung lesions?\b|\bpulmonary lesions?\b|\btumou?r\b",
-    "Lung Opacity": r"\bopacit\w*|\binfiltrat\w*|\bairspace disease\b",
+    "Lung Opacity": r"(?<!nodular )\bopacit\w*|\binfiltrat\w*|\bairspace disease\b",
     "Pleural Effusion": r"\beffusions?\b|\bpleural fluid\b|\bblunting of the (?:\w+ )?costophrenic",
     "Pleural Other": r"\bpleural thickening\b|\bfibrothorax\b|\bpleural plaques?\b",
     "Pneumonia": r"\bpneumonia\b",
@@ -56,7 +57,9 @@ _MENTIONS: dict[str, str] = {
 _NORMALS: dict[str, str] = {
     "Cardiomegaly": r"\bheart size (?:is )?(?:normal|within normal limits)\b|\bnormal (?:heart size|cardiac silhouette)\b",
     "Enlarged Cardiomediastinum": r"\bcardiomediastinal (?:silhouette|contours?) (?:is |are )?"
-    r"(?:normal|unremarkable|stable|within normal limits)\b|\bnormal cardiomediastinal\b",
+    r"(?:normal|unremarkable|stable|within normal limits)\b|\bnormal cardiomediastinal\b|"
+    r"\bmediastinal (?:and hilar )?contours (?:are )?(?:normal|unremarkable|stable)\b",
+    "Fracture": r"\bno (?:acute )?osseous abnormalit\w*",
     "Lung Opacity": r"\blungs are clear\b",
     "Consolidation": r"\blungs are clear\b",
 }
@@ -106,9 +109,12 @@ def _clauses(report: str) -> list[str]:
 def _classify(clause: str, start: int, end: int) -> int:
     """Label of the mention at ``clause[start:end]`` from the cues of its clause."""
     before, after = clause[:start], clause[end:]
-    if _PRE_UNCERTAIN.search(before) or _POST_UNCERTAIN.search(after):
+    negation, uncertain = _PRE_NEGATION.search(before), _PRE_UNCERTAIN.search(before)
+    if negation and uncertain and negation.start() < uncertain.start():
+        return NEGATIVE  # "no consolidation to suggest pneumonia"
+    if uncertain or _POST_UNCERTAIN.search(after):
         return UNCERTAIN
-    if _PRE_NEGATION.search(before) or _POST_NEGATION.search(after):
+    if negation or _POST_NEGATION.search(after):
         return NEGATIVE
     return POSITIVE
 

@@ -37,6 +37,11 @@ def _stated(text: str) -> dict[str, int]:
         ),
         ("No change in the large left effusion.", {"Pleural Effusion": POSITIVE}),
         (
+            "No focal consolidation to suggest pneumonia.",
+            {"Consolidation": NEGATIVE, "Pneumonia": NEGATIVE, "No Finding": POSITIVE},
+        ),
+        ("A 9 mm nodular opacity in the left lung.", {"Lung Lesion": POSITIVE}),
+        (
             "Endotracheal tube in place. No consolidation.",
             {"Support Devices": POSITIVE, "Consolidation": NEGATIVE, "No Finding": POSITIVE},
         ),

@@ -139,7 +139,6 @@ def test_cli_medim_protocol_prints_documented_keys(tmp_path, capsys):
     assert out["medim_bleu1"] == pytest.approx(direct.bleu1)
 
 
-@pytest.mark.slow  # a second METEOR 1.5 JVM start (~16-25 s)
 def test_cli_coco_protocol_prints_documented_keys(tmp_path, capsys, different):
     refs = _write(tmp_path / "refs.jsonl", list(zip("abc", REFS, strict=True)))
     hyps = _write(tmp_path / "hyps.jsonl", list(zip("cba", reversed(HYPS), strict=True)))

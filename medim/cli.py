@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from medim.config import ConfigError, DiffusionConfig, SamplerConfig, TrainConfig, load_preset
-from medim.data.findings import extract_cxr_findings, extract_pathology_findings
 from medim.evaluate import generate_both_ways, heldout_loss
+from medim.metrics.clinical import LABELERS, label_scores
 from medim.model.factory import text_tokenizer
 from medim.model.medim import MeDiM
 from medim.pipeline import Workspace, bootstrap
@@ -31,30 +31,14 @@ def _to_uint8(images: torch.Tensor) -> list[np.ndarray]:
     return [a[..., 0] if a.shape[-1] == 1 else a for a in arr]
 
 
-def finding_agreement(modality: str, references: list[str], generated: list[str]) -> dict[str, float]:
-    """How often a generated report states its reference's findings (synthetic-vocabulary extractor).
-
-    CXR: micro precision/recall/F1 over finding labels and exact-set match rate. Pathology: tissue-type accuracy.
-    """
-    if modality == "pathology":
-        hits = [
-            extract_pathology_findings(r)["tissue"] == extract_pathology_findings(g)["tissue"]
-            for r, g in zip(references, generated, strict=True)
-        ]
-        return {"tissue_accuracy": float(np.mean(hits)) if hits else float("nan")}
-    tp = fp = fn = exact = 0
-    for ref, gen in zip(references, generated, strict=True):
-        r, g = extract_cxr_findings(ref), extract_cxr_findings(gen)
-        tp, fp, fn, exact = tp + len(r & g), fp + len(g - r), fn + len(r - g), exact + (r == g)
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-        "exact_match": exact / max(len(references), 1),
-    }
+def finding_agreement(modality: str, references: list[str], generated: list[str]) -> dict[str, Any]:
+    """Label F1 (micro and macro) of reports generated from images against their references' labels, with the
+    synthetic-vocabulary labeler of the modality (``medim.metrics.clinical``)."""
+    labeler = LABELERS["synthetic-cxr" if modality == "cxr" else "synthetic-pathology"]
+    scores = label_scores(
+        [labeler.extract(r) for r in references], [labeler.extract(g) for g in generated], labeler.labels
+    )
+    return {"labeler": labeler.name, "micro_f1": scores.micro.f1, "macro_f1": scores.macro.f1, "n": scores.n}
 
 
 def evaluate_heldout(

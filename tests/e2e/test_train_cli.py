@@ -19,7 +19,8 @@ def test_medim_train_tiny_end_to_end(tmp_path: Path):
         loss = part["loss"]
         assert loss["loss"] > 0 and abs(loss["image"] + loss["text"] - loss["loss"]) < 1e-6
         assert part["samples"] == 2
-    assert 0 <= summary["heldout"]["cxr"]["report_findings"]["f1"] <= 1
+    assert 0 <= summary["heldout"]["cxr"]["report_findings"]["micro_f1"] <= 1
+    assert summary["heldout"]["pathology"]["report_findings"]["labeler"] == "synthetic-pathology"
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "<svg" in page
 

@@ -18,22 +18,6 @@ from typing import Any
 
 SPLITS = ("train", "validate", "test")
 MODALITIES = ("cxr", "pathology")
-CHEXPERT_LABELS = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Enlarged Cardiomediastinum",
-    "Fracture",
-    "Lung Lesion",
-    "Lung Opacity",
-    "No Finding",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Pneumonia",
-    "Pneumothorax",
-    "Support Devices",
-)
 _CXR_FIELDS = ("subject_id", "study_id", "view", "findings", "impression")
 
 

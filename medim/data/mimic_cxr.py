@@ -25,7 +25,8 @@ from typing import Any
 
 from medim.config import ConfigError
 from medim.data.archive import ArchiveError, ArchiveIndex, Candidate, find_table, read_table, relative
-from medim.data.manifest import CHEXPERT_LABELS, SPLITS, ManifestRecord
+from medim.data.findings import CHEXPERT_COLUMNS
+from medim.data.manifest import SPLITS, ManifestRecord
 from medim.data.reports import TextConfig, clean_text, parse_report, training_text
 
 SPLIT_TABLE = "mimic-cxr-2.0.0-split"
@@ -141,11 +142,11 @@ def _annotation_entry(item: Any, split: str) -> SplitEntry | None:
 
 def _labels(path: Path, index: ArchiveIndex) -> dict[str, dict[str, float | None]]:
     table = read_table(path)
-    table.require("study_id", *CHEXPERT_LABELS)
+    table.require("study_id", *CHEXPERT_COLUMNS)
     by_study: dict[str, dict[str, float | None]] = {}
     for line, row in enumerate(table.rows, start=2):
         try:
-            values = {name: float(row[name]) if row[name].strip() else None for name in CHEXPERT_LABELS}
+            values = {name: float(row[name]) if row[name].strip() else None for name in CHEXPERT_COLUMNS}
         except ValueError:
             index.skip(
                 f"{path.name}:{line}", "malformed_csv_row", "label values must be 1.0, 0.0, -1.0 or blank"
@@ -267,7 +268,7 @@ def index_mimic(root: Path, *, jpg: bool, options: MimicOptions) -> ArchiveIndex
             view=view,
             findings=study.findings,
             impression=study.impression,
-            labels=None if labels is None else labels.get(entry.study_id, dict.fromkeys(CHEXPERT_LABELS)),
+            labels=None if labels is None else labels.get(entry.study_id, dict.fromkeys(CHEXPERT_COLUMNS)),
         )
         index.candidates.append(Candidate(source=path, decoder="raster" if jpg else "dicom", record=record))
     return index

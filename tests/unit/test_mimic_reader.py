@@ -13,7 +13,7 @@ from test_dicom import write_dicom
 
 from medim.config import ConfigError
 from medim.data.archive import ArchiveError
-from medim.data.manifest import CHEXPERT_LABELS
+from medim.data.findings import CHEXPERT_COLUMNS
 from medim.data.mimic_cxr import MimicOptions, index_mimic
 from medim.data.reports import TextConfig
 
@@ -104,12 +104,12 @@ def build_mimic(root: Path, *, jpg: bool = False, gz: bool = False, labeler: str
     )
     if labeler is not None:
         label_rows = [
-            ["10000001", study, *[values.get(name, "") for name in CHEXPERT_LABELS]]
+            ["10000001", study, *[values.get(name, "") for name in CHEXPERT_COLUMNS]]
             for study, values in LABELS.items()
         ]
         write_csv(
             root / f"mimic-cxr-2.0.0-{labeler}.csv",
-            ["subject_id", "study_id", *CHEXPERT_LABELS],
+            ["subject_id", "study_id", *CHEXPERT_COLUMNS],
             label_rows,
             gz,
         )
@@ -140,11 +140,11 @@ def test_index_joins_split_metadata_reports_labels(tmp_path, gz):
     assert first.labels is not None
     assert first.labels["Cardiomegaly"] == 1.0 and first.labels["Pleural Effusion"] == -1.0
     assert first.labels["Edema"] == 0.0 and first.labels["No Finding"] is None
-    assert set(first.labels) == set(CHEXPERT_LABELS)
+    assert set(first.labels) == set(CHEXPERT_COLUMNS)
     third = by_id[did(3)]
     assert (third.split, third.view, third.findings) == ("validate", "AP", None)
     assert third.report == third.impression == "No acute process."
-    assert third.labels == dict.fromkeys(CHEXPERT_LABELS)  # study absent from the label CSV
+    assert third.labels == dict.fromkeys(CHEXPERT_COLUMNS)  # study absent from the label CSV
 
 
 def test_every_rejected_input_has_a_reason(tmp_path):

@@ -13,7 +13,8 @@ from test_mimic_reader import build_mimic, did, study_dir
 from test_pathgen_reader import build_json_archive
 
 from medim.data.cli import main
-from medim.data.manifest import CHEXPERT_LABELS, ManifestError, read_manifest
+from medim.data.findings import CHEXPERT_COLUMNS
+from medim.data.manifest import ManifestError, read_manifest
 from medim.data.prepare import prepare_archive
 
 
@@ -77,7 +78,7 @@ def test_cli_prepares_mimic_and_reports_every_skip(tmp_path, capsys):
     }  # fmt: skip
     assert (first["split"], first["modality"], first["view"]) == ("train", "cxr", "PA")
     assert first["report"] == "The heart is enlarged. Small right effusion."
-    assert set(first["labels"]) == set(CHEXPERT_LABELS) and first["labels"]["Cardiomegaly"] == 1.0
+    assert set(first["labels"]) == set(CHEXPERT_COLUMNS) and first["labels"]["Cardiomegaly"] == 1.0
     assert lines[1]["findings"] is None and lines[1]["split"] == "validate"
     skipped = {s["path"]: s["reason"] for s in read_jsonl(out / "skipped.jsonl")}
     assert skipped[f"files/p10/p10000020/s50000020/{did(20)}.dcm"] in {

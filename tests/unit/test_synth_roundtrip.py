@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from medim.data.cli import main
-from medim.data.manifest import CHEXPERT_LABELS, read_manifest
+from medim.data.findings import CHEXPERT_COLUMNS
+from medim.data.manifest import read_manifest
 from medim.data.pathgen import PathGenOptions, hash_split
 
 
@@ -93,7 +94,7 @@ def test_every_cxr_site_round_trips(federation):
             assert (record.split, record.view) == (t["split"], t["view"])
             assert (record.subject_id, record.study_id) == (str(t["subject_id"]), str(t["study_id"]))
             row = labels[record.study_id]
-            assert record.labels == {n: float(row[n]) if row[n] else None for n in CHEXPERT_LABELS}
+            assert record.labels == {n: float(row[n]) if row[n] else None for n in CHEXPERT_COLUMNS}
             study = root / Path(record.source).parent
             text = study.with_suffix(".txt").read_text()
             assert record.findings == findings_section(text)

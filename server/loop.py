@@ -216,12 +216,8 @@ def run_rounds(
 
 
 def progress_line(record: dict[str, Any], rounds: int) -> str:
-    """One line per round: outcomes, global eval losses per modality, wall time."""
-    counts = {
-        s: sum(1 for x in record["sites"] if x["status"] == s) for s in (ACCEPTED, REJECTED, REFUSED, FAILED)
-    }
+    """``round 2/4  accepted 3 refused 1``: the outcomes of a round record."""
+    statuses = (ACCEPTED, REJECTED, REFUSED, FAILED)
+    counts = {s: sum(1 for x in record["sites"] if x["status"] == s) for s in statuses}
     outcome = " ".join(f"{k} {v}" for k, v in counts.items() if v or k == ACCEPTED)
-    losses = ""
-    if record.get("eval"):
-        losses = "  eval " + " ".join(f"{m}={v['loss']:.4f}" for m, v in record["eval"]["losses"].items())
-    return f"round {record['round']}/{rounds}  {outcome}{losses}  {record['seconds']:.1f}s"
+    return f"round {record['round']}/{rounds}  {outcome}"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from medim.config import ConfigError, _check, _positive, build_config
+from medim.config import ConfigError, build_config, check, check_positive
 from medim.privacy import PrivacyConfig
 
 MODALITIES = ("cxr", "pathology")
@@ -46,16 +46,16 @@ class SiteConfig:
         if isinstance(self.privacy, dict):
             self.privacy = PrivacyConfig(**self.privacy)
         bad = [m for m in self.modalities if m not in MODALITIES]
-        _check(not bad, "site.modalities", self.modalities, "a subset of " + ", ".join(MODALITIES))
-        _positive("site.threads", self.threads)
-        _check(self.loss_rows >= 0, "site.loss_rows", self.loss_rows, ">= 0")
-        _check(len(self.splits) > 0, "site.splits", self.splits, "a non-empty list")
+        check(not bad, "site.modalities", self.modalities, "a subset of " + ", ".join(MODALITIES))
+        check_positive("site.threads", self.threads)
+        check(self.loss_rows >= 0, "site.loss_rows", self.loss_rows, ">= 0")
+        check(len(self.splits) > 0, "site.splits", self.splits, "a non-empty list")
 
     def check_complete(self) -> None:
         """Raise ConfigError naming the first path setting a site cannot run without."""
         for key in ("name", "base_model", "tokenizer", "state_dir"):
-            _check(bool(getattr(self, key)), f"site.{key}", getattr(self, key), "a non-empty value")
-        _check(bool(self.data), "site.data", self.data, "at least one prepared folder")
+            check(bool(getattr(self, key)), f"site.{key}", getattr(self, key), "a non-empty value")
+        check(bool(self.data), "site.data", self.data, "at least one prepared folder")
 
     @property
     def ledger_path(self) -> Path:

@@ -28,24 +28,24 @@ class ConfigError(ValueError):
     """A configuration value is out of its allowed range; the message names the setting."""
 
 
-def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
+def check(ok: bool, name: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"{name}={value!r} is invalid: allowed {allowed}")
 
 
-def _positive(name: str, value: int | float) -> None:
-    _check(value > 0, name, value, "> 0")
+def check_positive(name: str, value: int | float) -> None:
+    check(value > 0, name, value, "> 0")
 
 
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    _check(value in choices, name, value, "one of " + ", ".join(choices))
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    check(value in choices, name, value, "one of " + ", ".join(choices))
 
 
-def _unit(name: str, value: float, *, open_low: bool = False, open_high: bool = False) -> None:
+def check_unit(name: str, value: float, *, open_low: bool = False, open_high: bool = False) -> None:
     lo_ok = value > 0 if open_low else value >= 0
     hi_ok = value < 1 if open_high else value <= 1
     allowed = f"{'(' if open_low else '['}0, 1{')' if open_high else ']'}"
-    _check(lo_ok and hi_ok, name, value, allowed)
+    check(lo_ok and hi_ok, name, value, allowed)
 
 
 @dataclass
@@ -60,10 +60,10 @@ class LoraConfig:
     )
 
     def __post_init__(self) -> None:
-        _positive("lora.r", self.r)
-        _positive("lora.alpha", self.alpha)
-        _check(0 <= self.dropout < 1, "lora.dropout", self.dropout, "[0, 1)")
-        _check(len(self.target_modules) > 0, "lora.target_modules", self.target_modules, "a non-empty list")
+        check_positive("lora.r", self.r)
+        check_positive("lora.alpha", self.alpha)
+        check(0 <= self.dropout < 1, "lora.dropout", self.dropout, "[0, 1)")
+        check(len(self.target_modules) > 0, "lora.target_modules", self.target_modules, "a non-empty list")
 
 
 @dataclass
@@ -98,10 +98,10 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if isinstance(self.lora, dict):
             self.lora = LoraConfig(**self.lora)
-        _choice("model.family", self.family, FAMILIES)
-        _choice("model.attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
-        _choice("model.adaln", self.adaln, ADALN_KINDS)
-        _choice("model.dtype", self.dtype, DTYPES)
+        check_choice("model.family", self.family, FAMILIES)
+        check_choice("model.attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
+        check_choice("model.adaln", self.adaln, ADALN_KINDS)
+        check_choice("model.dtype", self.dtype, DTYPES)
         for name in (
             "hidden_size",
             "num_layers",
@@ -113,23 +113,23 @@ class ModelConfig:
             "image_tokens",
             "text_tokens",
         ):
-            _positive(f"model.{name}", getattr(self, name))
-        _check(self.time_embed_dim % 2 == 0, "model.time_embed_dim", self.time_embed_dim, "an even number")
+            check_positive(f"model.{name}", getattr(self, name))
+        check(self.time_embed_dim % 2 == 0, "model.time_embed_dim", self.time_embed_dim, "an even number")
         if self.pretrained_path is None:
-            _check(
+            check(
                 self.hidden_size % self.num_heads == 0,
                 "model.hidden_size",
                 self.hidden_size,
                 f"a multiple of model.num_heads={self.num_heads}",
             )
-            _check(
+            check(
                 self.num_heads % self.num_kv_heads == 0,
                 "model.num_kv_heads",
                 self.num_kv_heads,
                 f"a divisor of model.num_heads={self.num_heads}",
             )
         if self.keep_layers is not None:
-            _positive("model.keep_layers", self.keep_layers)
+            check_positive("model.keep_layers", self.keep_layers)
 
     @property
     def seq_len(self) -> int:
@@ -156,14 +156,14 @@ class DiffusionConfig:
     prompt_tokens: int = 8
 
     def __post_init__(self) -> None:
-        _unit("diffusion.eps", self.eps, open_low=True, open_high=True)
-        _unit("diffusion.t_min", self.t_min, open_low=True, open_high=True)
+        check_unit("diffusion.eps", self.eps, open_low=True, open_high=True)
+        check_unit("diffusion.t_min", self.t_min, open_low=True, open_high=True)
         for name in ("joint", "text_to_image", "image_to_text", "prompt"):
-            _check(getattr(self, name) >= 0, f"diffusion.{name}", getattr(self, name), ">= 0")
+            check(getattr(self, name) >= 0, f"diffusion.{name}", getattr(self, name), ">= 0")
         total = self.joint + self.text_to_image + self.image_to_text + self.prompt
-        _check(total > 0, "diffusion task ratios", total, "a positive sum")
-        _unit("diffusion.cond_drop", self.cond_drop, open_high=True)
-        _positive("diffusion.prompt_tokens", self.prompt_tokens)
+        check(total > 0, "diffusion task ratios", total, "a positive sum")
+        check_unit("diffusion.cond_drop", self.cond_drop, open_high=True)
+        check_positive("diffusion.prompt_tokens", self.prompt_tokens)
 
     @property
     def task_probs(self) -> list[float]:
@@ -183,10 +183,10 @@ class SamplerConfig:
     confidence_noise: float = 10.0
 
     def __post_init__(self) -> None:
-        _positive("sampler.steps", self.steps)
-        _check(self.cfg >= 0, "sampler.cfg", self.cfg, ">= 0")
-        _positive("sampler.temperature", self.temperature)
-        _check(self.confidence_noise >= 0, "sampler.confidence_noise", self.confidence_noise, ">= 0")
+        check_positive("sampler.steps", self.steps)
+        check(self.cfg >= 0, "sampler.cfg", self.cfg, ">= 0")
+        check_positive("sampler.temperature", self.temperature)
+        check(self.confidence_noise >= 0, "sampler.confidence_noise", self.confidence_noise, ">= 0")
 
 
 @dataclass
@@ -206,15 +206,15 @@ class TrainConfig:
     max_minutes: float = 0.0
 
     def __post_init__(self) -> None:
-        _positive("train.steps", self.steps)
-        _positive("train.batch_size", self.batch_size)
-        _positive("train.lr", self.lr)
-        _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, ">= 0")
-        _check(self.warmup_steps >= 0, "train.warmup_steps", self.warmup_steps, ">= 0")
-        _positive("train.grad_clip", self.grad_clip)
-        _check(self.threads >= 0, "train.threads", self.threads, ">= 0 (0 = all cores)")
-        _positive("train.log_every", self.log_every)
-        _check(self.max_minutes >= 0, "train.max_minutes", self.max_minutes, ">= 0 (0 = no limit)")
+        check_positive("train.steps", self.steps)
+        check_positive("train.batch_size", self.batch_size)
+        check_positive("train.lr", self.lr)
+        check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, ">= 0")
+        check(self.warmup_steps >= 0, "train.warmup_steps", self.warmup_steps, ">= 0")
+        check_positive("train.grad_clip", self.grad_clip)
+        check(self.threads >= 0, "train.threads", self.threads, ">= 0 (0 = all cores)")
+        check_positive("train.log_every", self.log_every)
+        check(self.max_minutes >= 0, "train.max_minutes", self.max_minutes, ">= 0 (0 = no limit)")
 
 
 def config_dir() -> Path:

@@ -31,7 +31,7 @@ import torch
 from opacus.accountants import IAccountant, create_accountant
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
-from medim.config import DiffusionConfig, TrainConfig, _check, _choice, _positive
+from medim.config import DiffusionConfig, TrainConfig, check, check_choice, check_positive
 from medim.diffusion import Loss
 from medim.model.medim import MeDiM
 from medim.privacy_ledger import ACCOUNTANTS, LedgerEntry, PrivacyLedger
@@ -59,23 +59,23 @@ class PrivacyConfig:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        _check(
+        check(
             self.epsilon_budget > 0 and math.isfinite(self.epsilon_budget),
             "privacy.epsilon_budget",
             self.epsilon_budget,
             "a finite number > 0",
         )
-        _check(0 < self.delta < 1, "privacy.delta", self.delta, "(0, 1), and below 1/N for N site records")
-        _check(
+        check(0 < self.delta < 1, "privacy.delta", self.delta, "(0, 1), and below 1/N for N site records")
+        check(
             self.noise_multiplier > 0,
             "privacy.noise_multiplier",
             self.noise_multiplier,
             "> 0 (set privacy.enabled=false to train without DP)",
         )
-        _positive("privacy.max_grad_norm", self.max_grad_norm)
-        _choice("privacy.accountant", self.accountant, ACCOUNTANTS)
-        _choice("privacy.grad_sample_mode", self.grad_sample_mode, GRAD_SAMPLE_MODES)
-        _check(self.seed is None or self.seed >= 0, "privacy.seed", self.seed, "null or >= 0")
+        check_positive("privacy.max_grad_norm", self.max_grad_norm)
+        check_choice("privacy.accountant", self.accountant, ACCOUNTANTS)
+        check_choice("privacy.grad_sample_mode", self.grad_sample_mode, GRAD_SAMPLE_MODES)
+        check(self.seed is None or self.seed >= 0, "privacy.seed", self.seed, "null or >= 0")
 
 
 @dataclass
@@ -107,8 +107,8 @@ class PrivateTrainResult:
 
 def check_records(privacy: PrivacyConfig, train: TrainConfig, n: int) -> None:
     """Raise ConfigError unless delta < 1/N and the batch size fits the N records."""
-    _check(privacy.delta < 1 / n, "privacy.delta", privacy.delta, f"< 1/N = {1 / n:.3g} (N={n} site records)")
-    _check(train.batch_size <= n, "train.batch_size", train.batch_size, f"<= N={n} site records under DP")
+    check(privacy.delta < 1 / n, "privacy.delta", privacy.delta, f"< 1/N = {1 / n:.3g} (N={n} site records)")
+    check(train.batch_size <= n, "train.batch_size", train.batch_size, f"<= N={n} site records under DP")
 
 
 def _generator(seed: int | None, stream: int) -> torch.Generator:

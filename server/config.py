@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from medim.config import _check, _choice, _positive, _unit
+from medim.config import check, check_choice, check_positive, check_unit
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedtrimmedavg", "fedmedian", "krum")
 
@@ -24,9 +24,9 @@ class ValidationConfig:
     max_num_examples: int = 100_000
 
     def __post_init__(self) -> None:
-        _positive("fl.validation.max_update_norm", self.max_update_norm)
-        _positive("fl.validation.max_update_bytes", self.max_update_bytes)
-        _positive("fl.validation.max_num_examples", self.max_num_examples)
+        check_positive("fl.validation.max_update_norm", self.max_update_norm)
+        check_positive("fl.validation.max_update_bytes", self.max_update_bytes)
+        check_positive("fl.validation.max_num_examples", self.max_num_examples)
 
 
 @dataclass
@@ -56,26 +56,26 @@ class FLConfig:
     def __post_init__(self) -> None:
         if isinstance(self.validation, dict):
             self.validation = ValidationConfig(**self.validation)
-        _choice("fl.strategy", self.strategy, STRATEGIES)
-        _positive("fl.rounds", self.rounds)
-        _unit("fl.fraction", self.fraction, open_low=True)
-        _positive("fl.min_sites", self.min_sites)
-        _positive("fl.local_steps", self.local_steps)
-        _positive("fl.lr", self.lr)
-        _positive("fl.batch_size", self.batch_size)
-        _check(self.warmup_steps >= 0, "fl.warmup_steps", self.warmup_steps, ">= 0")
-        _check(self.proximal_mu >= 0, "fl.proximal_mu", self.proximal_mu, ">= 0")
-        _check(
+        check_choice("fl.strategy", self.strategy, STRATEGIES)
+        check_positive("fl.rounds", self.rounds)
+        check_unit("fl.fraction", self.fraction, open_low=True)
+        check_positive("fl.min_sites", self.min_sites)
+        check_positive("fl.local_steps", self.local_steps)
+        check_positive("fl.lr", self.lr)
+        check_positive("fl.batch_size", self.batch_size)
+        check(self.warmup_steps >= 0, "fl.warmup_steps", self.warmup_steps, ">= 0")
+        check(self.proximal_mu >= 0, "fl.proximal_mu", self.proximal_mu, ">= 0")
+        check(
             self.strategy != "fedprox" or self.proximal_mu > 0,
             "fl.proximal_mu",
             self.proximal_mu,
             "> 0 with fl.strategy=fedprox",
         )
-        _positive("fl.server_lr", self.server_lr)
-        _positive("fl.server_tau", self.server_tau)
-        _check(0 <= self.trim_beta < 0.5, "fl.trim_beta", self.trim_beta, "[0, 0.5)")
-        _check(self.krum_malicious >= 0, "fl.krum_malicious", self.krum_malicious, ">= 0")
-        _positive("fl.eval_every", self.eval_every)
-        _check(self.eval_rows >= 0, "fl.eval_rows", self.eval_rows, ">= 0 (0 = every held-out row)")
-        _positive("fl.timeout_s", self.timeout_s)
-        _positive("fl.keep_checkpoints", self.keep_checkpoints)
+        check_positive("fl.server_lr", self.server_lr)
+        check_positive("fl.server_tau", self.server_tau)
+        check(0 <= self.trim_beta < 0.5, "fl.trim_beta", self.trim_beta, "[0, 0.5)")
+        check(self.krum_malicious >= 0, "fl.krum_malicious", self.krum_malicious, ">= 0")
+        check_positive("fl.eval_every", self.eval_every)
+        check(self.eval_rows >= 0, "fl.eval_rows", self.eval_rows, ">= 0 (0 = every held-out row)")
+        check_positive("fl.timeout_s", self.timeout_s)
+        check_positive("fl.keep_checkpoints", self.keep_checkpoints)

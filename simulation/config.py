@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from medim.config import _check, _positive
+from medim.config import check, check_positive
 
 BASELINES = ("", "central")
 
@@ -34,10 +34,10 @@ class SimConfig:
     baseline: str = ""
 
     def __post_init__(self) -> None:
-        _positive("sim.synth_scale", self.synth_scale)
-        _check(self.pretrain_steps >= 0, "sim.pretrain_steps", self.pretrain_steps, ">= 0 (0 = train preset)")
-        _positive("sim.num_cpus", self.num_cpus)
-        _check(len(set(self.sites)) == len(self.sites), "sim.sites", self.sites, "distinct site names")
+        check_positive("sim.synth_scale", self.synth_scale)
+        check(self.pretrain_steps >= 0, "sim.pretrain_steps", self.pretrain_steps, ">= 0 (0 = train preset)")
+        check_positive("sim.num_cpus", self.num_cpus)
+        check(len(set(self.sites)) == len(self.sites), "sim.sites", self.sites, "distinct site names")
         for site, eps in self.site_epsilon.items():
-            _check(eps > 0, f"sim.site_epsilon.{site}", eps, "> 0")
-        _check(self.baseline in BASELINES, "sim.baseline", self.baseline, "'' or 'central'")
+            check(eps > 0, f"sim.site_epsilon.{site}", eps, "> 0")
+        check(self.baseline in BASELINES, "sim.baseline", self.baseline, "'' or 'central'")

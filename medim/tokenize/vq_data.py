@@ -9,7 +9,6 @@ scaled to [-1, 1] on the way out.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,16 +16,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from medim.tokenize.vq import MODALITIES
+from medim.data import manifest as data_manifest
 
-MANIFEST = "manifest.jsonl"
-SPLITS = ("train", "validate", "test")
 HELD_OUT = ("validate", "test")
 
 
 @dataclass
 class ManifestImage:
-    """One manifest row: ``path`` is absolute."""
+    """One manifest row; ``path`` is the prepared folder joined with the row's ``image``."""
 
     id: str
     split: str
@@ -35,37 +32,13 @@ class ManifestImage:
 
 
 def read_manifest(folder: str | Path) -> list[ManifestImage]:
-    """Rows of ``folder/manifest.jsonl``; a bad row raises naming the file, line and field."""
+    """Rows of ``folder/manifest.jsonl`` (parsed and validated by :mod:`medim.data.manifest`; a bad line raises
+    :class:`~medim.data.manifest.ManifestError` naming the file and line)."""
     root = Path(folder)
-    path = root / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no manifest (is {root} a folder written by `medim-data prepare`?)")
-    rows: list[ManifestImage] = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
-        for key in ("id", "split", "image", "modality"):
-            if not isinstance(obj.get(key), str):
-                raise ValueError(f"{where}: field {key!r} missing or not a string")
-        if obj["split"] not in SPLITS:
-            raise ValueError(
-                f"{where}: split={obj['split']!r} is invalid: allowed one of {', '.join(SPLITS)}"
-            )
-        if obj["modality"] not in MODALITIES:
-            raise ValueError(
-                f"{where}: modality={obj['modality']!r} is invalid: allowed one of {', '.join(MODALITIES)}"
-            )
-        rows.append(
-            ManifestImage(
-                id=obj["id"], split=obj["split"], modality=obj["modality"], path=root / obj["image"]
-            )
-        )
-    return rows
+    return [
+        ManifestImage(id=r.id, split=r.split, modality=r.modality, path=root / r.image)
+        for r in data_manifest.read_manifest(root / "manifest.jsonl")
+    ]
 
 
 def load_image(path: Path, resolution: int) -> np.ndarray:

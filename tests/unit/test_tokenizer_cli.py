@@ -47,6 +47,7 @@ def write_prepared(folder, *, n_train=6, n_heldout=2, modalities=("cxr", "pathol
                 "image": name,
                 "report": "x.",
                 "modality": modality,
+                "source": name,
             }
             lines.append(json.dumps(row))
     (folder / "manifest.jsonl").write_text("\n".join(lines) + "\n")
@@ -191,20 +192,17 @@ def test_report_and_import_taming_commands(tmp_path, capsys):
     assert code == 2 and "tokenizer.norm_groups=32" in err
 
 
+BAD_LINES = [
+    ({"id": "a", "split": "train", "image": "a.png", "modality": "ct"}, "modality='ct' is invalid"),
+    ({"id": "a", "split": "dev", "image": "a.png", "modality": "cxr"}, "split='dev' is invalid"),
+    ({"id": "a", "split": "train", "modality": "cxr"}, "'image'"),
+]
+
+
 @pytest.mark.parametrize(
     ("manifest", "needle"),
-    [
-        (
-            '{"id": "a", "split": "train", "image": "a.png", "modality": "ct"}\n',
-            "manifest.jsonl:1: modality='ct'",
-        ),
-        (
-            '{"id": "a", "split": "dev", "image": "a.png", "modality": "cxr"}\n',
-            "manifest.jsonl:1: split='dev'",
-        ),
-        ("not json\n", "manifest.jsonl:1: not valid JSON"),
-        ('{"id": "a", "split": "train", "modality": "cxr"}\n', "manifest.jsonl:1: field 'image' missing"),
-    ],
+    [(json.dumps({"report": "", "source": "", **row}) + "\n", needle) for row, needle in BAD_LINES]
+    + [("not json\n", "")],
 )
 def test_bad_manifest_lines_are_named(tmp_path, capsys, manifest, needle):
     (tmp_path / "prep").mkdir()
@@ -220,14 +218,14 @@ def test_bad_manifest_lines_are_named(tmp_path, capsys, manifest, needle):
         "tiny",
         "--no-progress",
     )
-    assert code == 2 and needle in err
+    assert code == 2 and "manifest.jsonl:1: malformed manifest line" in err and needle in err
 
 
 def test_missing_folder_and_missing_heldout_are_errors(tmp_path, capsys):
     code, _, err = run_cli(
         capsys, "train", "--data", tmp_path / "nowhere", "--out", tmp_path / "o", "--preset", "tiny"
     )
-    assert code == 2 and "nowhere/manifest.jsonl: no manifest" in err
+    assert code == 2 and "nowhere/manifest.jsonl: manifest not found" in err
     data = write_prepared(tmp_path / "prep", n_heldout=0)
     code, _, err = run_cli(capsys, "train", "--data", data, "--out", tmp_path / "o", "--preset", "tiny")
     assert code == 2 and "no held-out images" in err

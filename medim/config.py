@@ -70,6 +70,9 @@ class LoraConfig:
 class ModelConfig:
     """The MeDiM network: backbone shape (or a local pretrained path), vocabulary and time conditioning.
 
+    ``tokenizer`` names the image tokenizer preset (``configs/tokenizer/``) whose codes this model reads; its
+    ``image_tokens`` and ``codebook_size`` must equal the model's.
+
     Sequence layout (fixed length ``seq_len = image_tokens + text_tokens + 2``)::
 
         <boi> c_1 .. c_N <eoi> w_1 .. w_k <eos> <pad> .. <pad>
@@ -92,6 +95,7 @@ class ModelConfig:
     codebook_size: int = 1024
     image_tokens: int = 64
     text_tokens: int = 64
+    tokenizer: str = "small-f8"
     train_new_token_rows: bool = True
     lora: LoraConfig = field(default_factory=LoraConfig)
 

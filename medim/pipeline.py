@@ -20,7 +20,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from medim.config import DiffusionConfig, ModelConfig, TrainConfig, load_preset
+from medim.config import ConfigError, DiffusionConfig, ModelConfig, TrainConfig, load_preset
 from medim.data.prepare import prepare_archive
 from medim.data.sequences import SequenceSet, load_sequences
 from medim.data.synthetic import SynthConfig, generate
@@ -113,7 +113,12 @@ def bootstrap(
     """Build the workspace under ``root`` for a model/tokenizer preset, re-using finished steps."""
     root.mkdir(parents=True, exist_ok=True)
     model_cfg = load_preset(ModelConfig, "model", preset)
-    vq_cfg = load_preset(TokenizerConfig, "tokenizer", preset)
+    vq_cfg = load_preset(TokenizerConfig, "tokenizer", model_cfg.tokenizer)
+    if (vq_cfg.image_tokens, vq_cfg.codebook_size) != (model_cfg.image_tokens, model_cfg.codebook_size):
+        raise ConfigError(
+            f"model preset {preset!r} reads {model_cfg.image_tokens} codes from {model_cfg.codebook_size}, but "
+            f"tokenizer preset {model_cfg.tokenizer!r} makes {vq_cfg.image_tokens} from {vq_cfg.codebook_size}"
+        )
     image_size = vq_cfg.resolution
     synth = root / "synth"
     if not (synth / "sites.json").is_file():

@@ -65,3 +65,12 @@ def test_hydra_compose_rejects_bad_values():
         compose(["model.family=gpt2"])
     with pytest.raises(ConfigError, match="overrides"):
         compose(["model=huge"])
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small", "small-f4", "liquid-7b"])
+def test_model_presets_name_a_matching_tokenizer(preset):
+    from medim.tokenize.vq_config import TokenizerConfig
+
+    model = load_preset(ModelConfig, "model", preset, pretrained_path=None)
+    vq = load_preset(TokenizerConfig, "tokenizer", model.tokenizer)
+    assert (vq.image_tokens, vq.codebook_size) == (model.image_tokens, model.codebook_size)

@@ -11,12 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from medim.config import ConfigError
-
-
-def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"{name}={value!r} is invalid: allowed {allowed}")
+from medim.config import check
 
 
 @dataclass
@@ -42,20 +37,20 @@ class TokenizerTrainConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "restart_every", "checkpoint_every", "log_every"):
             value = getattr(self, name)
-            _check(isinstance(value, int) and value > 0, f"tokenizer.train.{name}", value, "an integer > 0")
-        _check(self.lr > 0, "tokenizer.train.lr", self.lr, "> 0")
-        _check(self.warmup_steps >= 0, "tokenizer.train.warmup_steps", self.warmup_steps, ">= 0")
-        _check(self.weight_decay >= 0, "tokenizer.train.weight_decay", self.weight_decay, ">= 0")
-        _check(self.grad_clip > 0, "tokenizer.train.grad_clip", self.grad_clip, "> 0")
-        _check(self.l1_weight >= 0, "tokenizer.train.l1_weight", self.l1_weight, ">= 0")
-        _check(self.threads >= 0, "tokenizer.train.threads", self.threads, ">= 0 (0 = all cores)")
-        _check(
+            check(isinstance(value, int) and value > 0, f"tokenizer.train.{name}", value, "an integer > 0")
+        check(self.lr > 0, "tokenizer.train.lr", self.lr, "> 0")
+        check(self.warmup_steps >= 0, "tokenizer.train.warmup_steps", self.warmup_steps, ">= 0")
+        check(self.weight_decay >= 0, "tokenizer.train.weight_decay", self.weight_decay, ">= 0")
+        check(self.grad_clip > 0, "tokenizer.train.grad_clip", self.grad_clip, "> 0")
+        check(self.l1_weight >= 0, "tokenizer.train.l1_weight", self.l1_weight, ">= 0")
+        check(self.threads >= 0, "tokenizer.train.threads", self.threads, ">= 0 (0 = all cores)")
+        check(
             self.restart_min_usage >= 0,
             "tokenizer.train.restart_min_usage",
             self.restart_min_usage,
             ">= 0 (codes used at most this many times per restart window are restarted)",
         )
-        _check(self.max_minutes >= 0, "tokenizer.train.max_minutes", self.max_minutes, ">= 0 (0 = no limit)")
+        check(self.max_minutes >= 0, "tokenizer.train.max_minutes", self.max_minutes, ">= 0 (0 = no limit)")
 
 
 @dataclass
@@ -88,30 +83,30 @@ class TokenizerConfig:
             self.train = TokenizerTrainConfig(**self.train)
         for name in ("resolution", "ch", "z_channels", "embed_dim", "norm_groups", "num_res_blocks"):
             value = getattr(self, name)
-            _check(isinstance(value, int) and value > 0, f"tokenizer.{name}", value, "an integer > 0")
-        _check(self.in_channels in (1, 3), "tokenizer.in_channels", self.in_channels, "1 or 3")
-        _check(self.codebook_size >= 2, "tokenizer.codebook_size", self.codebook_size, ">= 2")
-        _check(
+            check(isinstance(value, int) and value > 0, f"tokenizer.{name}", value, "an integer > 0")
+        check(self.in_channels in (1, 3), "tokenizer.in_channels", self.in_channels, "1 or 3")
+        check(self.codebook_size >= 2, "tokenizer.codebook_size", self.codebook_size, ">= 2")
+        check(
             len(self.ch_mult) > 0 and all(m > 0 for m in self.ch_mult),
             "tokenizer.ch_mult",
             self.ch_mult,
             "a non-empty list of positive integers",
         )
-        _check(
+        check(
             self.resolution % self.downsample == 0,
             "tokenizer.resolution",
             self.resolution,
             f"a multiple of the downsampling factor 2**(len(ch_mult)-1)={self.downsample}",
         )
         for mult in [1, *self.ch_mult]:
-            _check(
+            check(
                 (self.ch * mult) % self.norm_groups == 0,
                 "tokenizer.norm_groups",
                 self.norm_groups,
                 f"a divisor of every level's channel count (ch * ch_mult = {self.ch} * {mult})",
             )
-        _check(0 <= self.dropout < 1, "tokenizer.dropout", self.dropout, "[0, 1)")
-        _check(self.beta >= 0, "tokenizer.beta", self.beta, ">= 0")
+        check(0 <= self.dropout < 1, "tokenizer.dropout", self.dropout, "[0, 1)")
+        check(self.beta >= 0, "tokenizer.beta", self.beta, ">= 0")
 
     @property
     def downsample(self) -> int:

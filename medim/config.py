@@ -21,6 +21,8 @@ T = TypeVar("T")
 FAMILIES = ("llama", "gemma", "qwen2")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 ADALN_KINDS = ("per_layer", "single")
+ATTENTION_KINDS = ("bidirectional", "causal")
+TIME_INPUTS = ("adaln", "none")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -70,6 +72,9 @@ class LoraConfig:
 class ModelConfig:
     """The MeDiM network: backbone shape (or a local pretrained path), vocabulary and time conditioning.
 
+    ``attention: causal`` and ``time_input: none`` exist for the paper's ablations only (MeDiM is bidirectional
+    with AdaLN time conditioning).
+
     ``tokenizer`` names the image tokenizer preset (``configs/tokenizer/``) whose codes this model reads; its
     ``image_tokens`` and ``codebook_size`` must equal the model's.
 
@@ -89,6 +94,8 @@ class ModelConfig:
     intermediate_size: int = 704
     rope_theta: float = 10000.0
     attn_implementation: str = "sdpa"
+    attention: str = "bidirectional"
+    time_input: str = "adaln"
     adaln: str = "per_layer"
     time_embed_dim: int = 256
     dtype: str = "float32"
@@ -105,6 +112,8 @@ class ModelConfig:
         check_choice("model.family", self.family, FAMILIES)
         check_choice("model.attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
         check_choice("model.adaln", self.adaln, ADALN_KINDS)
+        check_choice("model.attention", self.attention, ATTENTION_KINDS)
+        check_choice("model.time_input", self.time_input, TIME_INPUTS)
         check_choice("model.dtype", self.dtype, DTYPES)
         for name in (
             "hidden_size",

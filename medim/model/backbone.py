@@ -99,8 +99,11 @@ def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:
     return layers
 
 
-def bidirectional_mask(key_valid: torch.Tensor, *, additive_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Attention mask that hides padding keys only, for every query.
+def bidirectional_mask(
+    key_valid: torch.Tensor, *, additive_dtype: torch.dtype | None = None, causal: bool = False
+) -> torch.Tensor:
+    """Attention mask that hides padding keys only, for every query (``causal=True``: also future keys, for the
+    causal-attention ablation only).
 
     Args:
         key_valid: BoolTensor [B, L], True where the token may be attended to.
@@ -111,6 +114,8 @@ def bidirectional_mask(key_valid: torch.Tensor, *, additive_dtype: torch.dtype |
     """
     batch, length = key_valid.shape
     visible = key_valid[:, None, None, :].expand(batch, 1, length, length)
+    if causal:
+        visible = visible & torch.ones(length, length, dtype=torch.bool, device=key_valid.device).tril()
     if additive_dtype is None:
         return visible
     blocked = torch.zeros(visible.shape, dtype=additive_dtype, device=key_valid.device)

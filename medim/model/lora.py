@@ -30,7 +30,7 @@ def apply_lora(model: MeDiM) -> MeDiM:
     inject_adapter_in_model(peft_config(model.cfg.lora), model.backbone)
     for name, param in model.backbone.named_parameters():
         param.requires_grad_("lora_" in name)
-    trainable = [model.time, model.adaln]
+    trainable = [m for m in (model.time, model.adaln) if m is not None]
     if model.cfg.train_new_token_rows:
         trainable += [model.new_embed, model.new_head]
     for module in trainable:

@@ -47,11 +47,15 @@ class MeDiM(nn.Module):
             self.new_embed.weight.normal_(0.0, float(base_embed.weight.std()))
             self.new_head.weight.normal_(0.0, float(base_head.weight.std()))
         layers = decoder_layers(backbone)
-        self.time = TimeEmbedding(cfg.time_embed_dim, hidden)
-        self.adaln = make_adaln(cfg.adaln, hidden, len(layers))
         self.allowed: torch.Tensor
         self.register_buffer("allowed", vocab.allowed_outputs(), persistent=False)
         self._mod: torch.Tensor | None = None
+        self.time: TimeEmbedding | None = None
+        self.adaln: nn.Module | None = None
+        if cfg.time_input == "none":  # ablation: no time input at all
+            return
+        self.time = TimeEmbedding(cfg.time_embed_dim, hidden)
+        self.adaln = make_adaln(cfg.adaln, hidden, len(layers))
         for i, layer in enumerate(layers):
             hooks = {
                 "input_layernorm": (self._modulate_norm, 0),
@@ -103,8 +107,11 @@ class MeDiM(nn.Module):
         if key_valid is None:
             key_valid = torch.ones_like(xt, dtype=torch.bool)
         eager = self.backbone.config._attn_implementation == "eager"
-        mask = bidirectional_mask(key_valid, additive_dtype=torch.float32 if eager else None)
-        self._mod = self.adaln(self.time(sigma))
+        mask = bidirectional_mask(
+            key_valid, additive_dtype=torch.float32 if eager else None, causal=self.cfg.attention == "causal"
+        )
+        if self.time is not None and self.adaln is not None:
+            self._mod = self.adaln(self.time(sigma))
         try:
             out = self.backbone.model(inputs_embeds=self.embed(xt), attention_mask=mask, use_cache=False)
         finally:

@@ -244,3 +244,21 @@ def test_pretrained_backbone_uses_its_own_tokenizer(tmp_path):
     assert ids and max(ids) < tok.size and tok.decode(ids) == "no pleural effusion."
     with pytest.raises(ConfigError, match="family"):
         medim.build_model("tiny", family="llama", pretrained_path=str(tmp_path / "hf"))
+
+
+def test_ablations_causal_attention_and_no_time_input():
+    causal = _tiny(attention="causal")
+    x = _random_x(causal)
+    x2 = x.clone()
+    x2[:, -1] = (x2[:, -1] + 1) % causal.vocab.text_size
+    sigma = torch.full((2,), 0.5)
+    with torch.no_grad():  # causal: the last token cannot reach earlier positions
+        torch.testing.assert_close(
+            causal.hidden_states(x, sigma)[:, :-1], causal.hidden_states(x2, sigma)[:, :-1]
+        )
+    timeless = _tiny(time_input="none")
+    assert timeless.time is None and timeless.adaln is None
+    with torch.no_grad():
+        assert torch.equal(timeless(x, torch.full((2,), 0.1)), timeless(x, torch.full((2,), 5.0)))
+    names = trainable_names(apply_lora(timeless))
+    assert names and not any(n.startswith(("time.", "adaln.")) for n in names)

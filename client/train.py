@@ -138,8 +138,9 @@ def run_site_round(
         return SiteRound(state=None, metrics=metrics, reason=result.reason or "refused")
     metrics.update({"num-examples": result.num_examples, "refused": 0})
     if site.report_losses:
-        last = result.history[-1]
-        metrics.update({"loss": last.loss, "loss-image": last.image, "loss-text": last.text})
+        if result.history:  # empty when every logged Poisson batch was empty
+            last = result.history[-1]
+            metrics.update({"loss": last.loss, "loss-image": last.image, "loss-text": last.text})
         metrics.update(
             modality_losses(
                 model,

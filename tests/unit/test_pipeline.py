@@ -3,15 +3,16 @@ from pathlib import Path
 
 import pytest
 
-from medim.config import TrainConfig
+from medim.config import ConfigError, TrainConfig
 from medim.pipeline import Workspace, bootstrap
+
+TINY = TrainConfig(steps=3, batch_size=4, warmup_steps=1, autocast_bf16=False)
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("ws")
-    tiny = TrainConfig(steps=3, batch_size=4, warmup_steps=1, autocast_bf16=False)
-    return bootstrap(root, preset="tiny", synth_scale=0.15, pretrain=tiny, progress=False)
+    return bootstrap(root, preset="tiny", synth_scale=0.15, pretrain=TINY, progress=False)
 
 
 def test_workspace_layout(workspace: Workspace):
@@ -40,11 +41,38 @@ def test_sequences_follow_the_vocabulary(workspace: Workspace):
 def test_bootstrap_reuses_finished_steps(workspace: Workspace):
     stamp = (workspace.base_model / "model.safetensors").stat().st_mtime_ns
     tok = (workspace.tokenizer / "reconstruction.json").stat().st_mtime_ns
-    again = bootstrap(workspace.root, preset="tiny", progress=False)
+    again = bootstrap(workspace.root, preset="tiny", synth_scale=0.15, pretrain=TINY, progress=False)
+    assert again.base_model == workspace.base_model and again.tokenizer == workspace.tokenizer
     assert (again.base_model / "model.safetensors").stat().st_mtime_ns == stamp
     assert (again.tokenizer / "reconstruction.json").stat().st_mtime_ns == tok
     pretrain = json.loads((again.base_model / "pretrain.json").read_text())
     assert pretrain["steps"] == 3
+
+
+def test_cache_is_keyed_by_the_config_hash(workspace: Workspace):
+    """Another pretraining config gets its own base model beside the first; the tokenizer is shared."""
+    assert workspace.base_model.name == f"base-{workspace.base_hash}" and len(workspace.base_hash) == 12
+    other = bootstrap(
+        workspace.root,
+        preset="tiny",
+        synth_scale=0.15,
+        pretrain=TrainConfig(steps=2, batch_size=4, warmup_steps=1, autocast_bf16=False),
+        progress=False,
+    )
+    assert other.tokenizer == workspace.tokenizer and other.base_model != workspace.base_model
+    assert json.loads((other.base_model / "pretrain.json").read_text())["steps"] == 2
+    assert (workspace.base_model / "model.safetensors").is_file()
+    assert Workspace.load(workspace.root).base_model == other.base_model
+
+
+def test_bootstrap_refuses_a_tokenizer_that_does_not_match_the_model(workspace: Workspace):
+    with pytest.raises(ConfigError, match="tokenizer preset 'small-f8' makes 64"):
+        bootstrap(workspace.root, preset="tiny", tokenizer_preset="small-f8", progress=False)
+
+
+def test_bootstrap_refuses_other_synthetic_settings(workspace: Workspace):
+    with pytest.raises(ConfigError, match="synth_scale"):
+        bootstrap(workspace.root, preset="tiny", synth_scale=0.3, pretrain=TINY, progress=False)
 
 
 def test_text_tokenizer_is_reproducible():

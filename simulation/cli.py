@@ -9,6 +9,7 @@ from pathlib import Path
 
 from medim.config import ConfigError, load_preset
 from simulation.config import SimConfig
+from simulation.faults import load_fault_plan
 from simulation.run import SimRequest, simulate
 
 
@@ -34,6 +35,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
     )
+    parser.add_argument(
+        "--faults",
+        default=None,
+        help="fault plan (configs/faults/): sites that crash, stall or send bad updates",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     return parser.parse_args(argv)
 
@@ -41,15 +47,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     overrides: dict[str, object] = {}
-    if args.sites is not None:
-        overrides["sites"] = args.sites
     if args.dp is not None:
         overrides["dp"] = args.dp
     if args.workspace is not None:
         overrides["workspace"] = str(args.workspace)
     try:
+        plan = load_fault_plan(args.faults) if args.faults else None
+        sites = args.sites if args.sites is not None else (plan.sites if plan is not None else [])
+        if sites:
+            overrides["sites"] = sites
         sim = load_preset(SimConfig, "sim", args.preset, **overrides)
-        fl_overrides = {"strategy": args.strategy} if args.strategy else {}
+        fl_overrides = dict(plan.fl) if plan is not None else {}
+        if args.strategy:
+            fl_overrides["strategy"] = args.strategy
         out = args.out or Path("runs") / f"sim-{args.preset}"
         request = SimRequest(
             sim=sim,
@@ -58,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             resume=args.resume,
             progress=not args.quiet,
             fl_overrides=fl_overrides,
+            faults=plan,
         )
         start = time.perf_counter()
         summary = simulate(request)

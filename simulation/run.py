@@ -31,6 +31,7 @@ from medim.privacy import PrivacyConfig
 from server.app import ServerPlan, make_server_app
 from server.evaluation import EvalHook
 from simulation.config import SimConfig
+from simulation.faults import FaultPlan, faulty_client_app
 from simulation.summary import write_outputs
 
 
@@ -44,6 +45,7 @@ class SimRequest:
     resume: bool = False
     progress: bool = True
     fl_overrides: dict[str, Any] = field(default_factory=dict)
+    faults: FaultPlan | None = None
 
 
 def prepare_workspace(sim: SimConfig, out: Path, *, progress: bool) -> Workspace:
@@ -125,7 +127,9 @@ def simulate(request: SimRequest, *, hooks: Sequence[EvalHook] = ()) -> Path:
         warnings.simplefilter("ignore", FutureWarning)
         run_simulation(
             server_app=make_server_app(run_config, hooks=hooks),
-            client_app=make_client_app(run_config),
+            client_app=make_client_app(run_config)
+            if request.faults is None
+            else faulty_client_app(request.faults, run_config),
             num_supernodes=len(sites),
             backend_config=backend,  # type: ignore[arg-type]
         )

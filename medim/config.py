@@ -24,6 +24,7 @@ ADALN_KINDS = ("per_layer", "single")
 ATTENTION_KINDS = ("bidirectional", "causal")
 TIME_INPUTS = ("adaln", "none")
 DTYPES = ("float32", "bfloat16")
+SITE_TRAINABLE = ("lora", "time", "adaln", "adaln_offsets", "new_token_rows")
 
 
 class ConfigError(ValueError):
@@ -75,6 +76,11 @@ class ModelConfig:
     ``attention: causal`` and ``time_input: none`` exist for the paper's ablations only (MeDiM is bidirectional
     with AdaLN time conditioning).
 
+    ``site_trains`` names what LoRA training (a site) trains besides the frozen base, and so what it uploads:
+    ``lora`` (required), ``time`` (time MLP), ``adaln`` (the whole modulation) or ``adaln_offsets`` (only its
+    time-independent per-layer offsets: the biases of ``per_layer``, the offset table of ``single``),
+    ``new_token_rows`` (the added rows; only with ``train_new_token_rows``).
+
     ``tokenizer`` names the image tokenizer preset (``configs/tokenizer/``) whose codes this model reads; its
     ``image_tokens`` and ``codebook_size`` must equal the model's.
 
@@ -104,6 +110,7 @@ class ModelConfig:
     text_tokens: int = 64
     tokenizer: str = "small-f8"
     train_new_token_rows: bool = True
+    site_trains: list[str] = field(default_factory=lambda: ["lora", "time", "adaln", "new_token_rows"])
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self) -> None:
@@ -128,6 +135,20 @@ class ModelConfig:
         ):
             check_positive(f"model.{name}", getattr(self, name))
         check(self.time_embed_dim % 2 == 0, "model.time_embed_dim", self.time_embed_dim, "an even number")
+        trains = list(self.site_trains)
+        allowed = "a list of distinct " + ", ".join(SITE_TRAINABLE) + " holding lora"
+        check(
+            "lora" in trains and len(set(trains)) == len(trains) and set(trains) <= set(SITE_TRAINABLE),
+            "model.site_trains",
+            trains,
+            allowed,
+        )
+        check(
+            not {"adaln", "adaln_offsets"} <= set(trains),
+            "model.site_trains",
+            trains,
+            "adaln (the whole modulation) or adaln_offsets (its per-layer offsets), not both",
+        )
         if self.pretrained_path is None:
             check(
                 self.hidden_size % self.num_heads == 0,

@@ -111,9 +111,17 @@ def diffusion_loss(logits: torch.Tensor, batch: NoisedBatch, vocab: Vocab) -> Lo
         logits: FloatTensor [B, L, V] (may hold -inf at ids a position cannot emit).
         batch: the noised batch the logits were computed from.
     """
-    scored = batch.masked & batch.target  # [B, L]
     logp = F.log_softmax(logits.float(), dim=-1)
     nll = -logp.gather(-1, batch.x0[..., None]).squeeze(-1)  # [B, L]
+    return loss_from_nll(nll, batch, vocab)
+
+
+def loss_from_nll(nll: torch.Tensor, batch: NoisedBatch, vocab: Vocab) -> Loss:
+    """The diffusion loss from per-position ``-log p(x0)`` nll [B, L] (only masked target positions are read).
+
+    ``diffusion_loss(logits, ...)`` and ``loss_from_nll(model.scored_nll(...), ...)`` (no [B, L, V] logits) agree.
+    """
+    scored = batch.masked & batch.target  # [B, L]
     nll = torch.where(scored, nll, torch.zeros_like(nll))
     scale = 1.0 / (batch.t * batch.target.sum(dim=1).clamp(min=1))  # [B]
     image = (nll * vocab.image_positions().to(nll.device)).sum(dim=1) * scale

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from medim.config import DiffusionConfig, TrainConfig
-from medim.diffusion import Loss, NoisedBatch, add_noise, diffusion_loss
+from medim.diffusion import Loss, NoisedBatch, add_noise, loss_from_nll
 from medim.model.medim import MeDiM
 from medim.proximal import ProximalTerm
 
@@ -57,10 +57,15 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def compute_loss(model: MeDiM, batch: NoisedBatch, *, autocast_bf16: bool) -> Loss:
-    """Forward pass and diffusion loss for a noised batch (bf16 autocast on CPU when asked)."""
+    """Forward pass and diffusion loss for a noised batch (bf16 autocast on CPU when asked).
+
+    Scores only the masked target positions through :meth:`MeDiM.scored_nll` (region-split heads, no [B, L, V]
+    logits); equal to ``diffusion_loss(model(xt, sigma), batch, vocab)`` up to floating-point rounding, and
+    per-sample-gradient safe under Opacus (the model switches to batch-shaped heads while its hooks are on).
+    """
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast_bf16):
-        logits = model(batch.xt, batch.sigma)
-    return diffusion_loss(logits, batch, model.vocab)
+        nll = model.scored_nll(batch.xt, batch.sigma, batch.x0, batch.masked & batch.target)
+    return loss_from_nll(nll, batch, model.vocab)
 
 
 def check_sequences(model: MeDiM, x0: torch.Tensor) -> None:

@@ -1,8 +1,10 @@
 """LoRA on the backbone (PEFT) and the trainable state: exactly what a site trains and sends.
 
-After :func:`apply_lora` the trainable set is: the LoRA A/B matrices on the configured projections, the time
-embedding, the AdaLN modulation, and (when ``model.train_new_token_rows``) the rows MeDiM added to the
-vocabulary (``new_embed``, ``new_head``). Everything else is frozen.
+After :func:`apply_lora` the trainable set is what ``model.site_trains`` names: the LoRA A/B matrices on the
+configured projections (always), the time embedding (``time``), the AdaLN modulation (``adaln``) or only its
+per-layer offsets (``adaln_offsets``), and (``new_token_rows``, when ``model.train_new_token_rows``) the rows
+MeDiM added to the vocabulary (``new_embed``, ``new_head``). Everything else is frozen. The default is
+``[lora, time, adaln, new_token_rows]``.
 """
 
 from __future__ import annotations
@@ -30,12 +32,29 @@ def apply_lora(model: MeDiM) -> MeDiM:
     inject_adapter_in_model(peft_config(model.cfg.lora), model.backbone)
     for name, param in model.backbone.named_parameters():
         param.requires_grad_("lora_" in name)
-    trainable = [m for m in (model.time, model.adaln) if m is not None]
-    if model.cfg.train_new_token_rows:
-        trainable += [model.new_embed, model.new_head]
-    for module in trainable:
-        module.requires_grad_(True)
+    for tensor in site_trainable_parameters(model):
+        tensor.requires_grad_(True)
     return model
+
+
+def site_trainable_parameters(model: MeDiM) -> list[torch.Tensor]:
+    """The non-LoRA parameters ``model.cfg.site_trains`` makes trainable (see the module docstring)."""
+    trains = set(model.cfg.site_trains)
+    modules: list[torch.nn.Module | None] = []
+    if "time" in trains:
+        modules.append(model.time)
+    if "adaln" in trains:
+        modules.append(model.adaln)
+    if "new_token_rows" in trains and model.cfg.train_new_token_rows:
+        modules += [model.new_embed, model.new_head]
+    params: list[torch.Tensor] = [p for module in modules if module is not None for p in module.parameters()]
+    if "adaln_offsets" in trains and model.adaln is not None:
+        offsets = getattr(model.adaln, "offset", None)
+        if isinstance(offsets, torch.nn.Embedding):  # adaLN-single: the per-layer offset table
+            params.append(offsets.weight)
+        else:  # per-layer: the bias of each layer's Linear(H, 6H)
+            params += [lin.bias for lin in model.adaln.modules() if isinstance(lin, torch.nn.Linear)]
+    return params
 
 
 def is_lora(model: MeDiM) -> bool:

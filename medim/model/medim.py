@@ -11,17 +11,20 @@ to train (and to travel, in federated rounds).
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import PreTrainedModel
 
 from medim.config import ModelConfig
 from medim.model.backbone import bidirectional_mask, decoder_layers
 from medim.model.time import TimeEmbedding, make_adaln
-from medim.tokenize.vocab import Vocab
+from medim.tokenize.vocab import N_SPECIALS, Vocab
 
 
 class MeDiM(nn.Module):
@@ -113,7 +116,8 @@ class MeDiM(nn.Module):
         if self.time is not None and self.adaln is not None:
             self._mod = self.adaln(self.time(sigma))
         try:
-            out = self.backbone.model(inputs_embeds=self.embed(xt), attention_mask=mask, use_cache=False)
+            with _attention_kernel(xt.device):
+                out = self.backbone.model(inputs_embeds=self.embed(xt), attention_mask=mask, use_cache=False)
         finally:
             self._mod = None
         return out.last_hidden_state
@@ -125,3 +129,80 @@ class MeDiM(nn.Module):
         h = self.hidden_states(xt, sigma, key_valid)
         logits = torch.cat([self.backbone.get_output_embeddings()(h), self.new_head(h)], dim=-1)
         return logits.float().masked_fill(~self.allowed, float("-inf"))
+
+    def per_sample_hooks_attached(self) -> bool:
+        """True while Opacus' per-sample-gradient hooks are on this module (:func:`medim.privacy_sgd.privatize`)."""
+        return hasattr(self, "autograd_grad_sample_hooks")
+
+    def scored_nll(
+        self,
+        xt: torch.Tensor,
+        sigma: torch.Tensor,
+        x0: torch.Tensor,
+        scored: torch.Tensor,
+        *,
+        flat: bool | None = None,
+    ) -> torch.Tensor:
+        """``-log p(x0)`` at the ``scored`` positions, without materialising logits [B, L, V].
+
+        Equals ``-log_softmax(self(xt, sigma))`` gathered at ``x0`` (same region restriction): image positions use
+        only the image-code rows of ``new_head``, text positions the backbone's text rows plus ``<eos>``/``<pad>``.
+
+        Args:
+            xt, x0: LongTensor [B, L]; sigma: FloatTensor [B]; scored: BoolTensor [B, L] (image/text positions).
+            flat: compute the heads only at scored positions, gathered across the batch (cheapest). Default: flat
+                unless Opacus' per-sample hooks are attached; then every trainable head sees [B, positions, H]
+                exactly once per forward, as per-sample gradient engines require.
+        Returns:
+            FloatTensor [B, L] (fp32), 0 where not scored.
+        """
+        if flat is None:
+            flat = not self.per_sample_hooks_attached()
+        h = self.hidden_states(xt, sigma)
+        vocab, n_text = self.vocab, self.vocab.text_size
+        img, txt = vocab.image_slice, vocab.text_slice
+        x_img, x_txt = x0[:, img] - vocab.image_offset, x0[:, txt]
+        s_img, s_txt = scored[:, img], scored[:, txt]
+        text_head = self.backbone.get_output_embeddings()
+        eos_pad = slice(vocab.eos - n_text, vocab.pad - n_text + 1)
+        if flat:
+            h_img, h_txt = h[:, img][s_img], h[:, txt][s_txt]  # [M_img, H], [M_txt, H]
+            nll_img = _nll(F.linear(h_img, self.new_head.weight[N_SPECIALS:]), x_img[s_img])
+            nll_txt = _text_nll(
+                text_head(h_txt), F.linear(h_txt, self.new_head.weight[eos_pad]), x_txt[s_txt], vocab
+            )
+            nll_img = nll_img.new_zeros(s_img.shape).masked_scatter(s_img, nll_img)
+            nll_txt = nll_txt.new_zeros(s_txt.shape).masked_scatter(s_txt, nll_txt)
+        else:
+            new = self.new_head(h[:, 1:])  # [B, L-1, V_new]: one call covering both regions
+            n_img = vocab.image_tokens
+            nll_img = _nll(new[:, :n_img, N_SPECIALS:], x_img)
+            nll_txt = _text_nll(text_head(h[:, txt]), new[:, n_img + 1 :, eos_pad], x_txt, vocab)
+            nll_img = torch.where(s_img, nll_img, torch.zeros_like(nll_img))
+            nll_txt = torch.where(s_txt, nll_txt, torch.zeros_like(nll_txt))
+        edge = nll_img.new_zeros(h.shape[0], 1)
+        return torch.cat([edge, nll_img, edge, nll_txt], dim=1)
+
+
+def _attention_kernel(device: torch.device) -> AbstractContextManager[None]:
+    """SDPA on CPU: the math kernel (batched matmuls) is faster than the flash kernel at our sequence lengths
+    (``python -m benchmarks``); elsewhere PyTorch chooses."""
+    return sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else nullcontext()
+
+
+def _nll(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of logits [..., C] at target [...] (LongTensor in [0, C)), fp32 [...]."""
+    logits = logits.float()
+    return logits.logsumexp(-1) - logits.gather(-1, target[..., None]).squeeze(-1)
+
+
+def _text_nll(
+    text_logits: torch.Tensor, eos_pad_logits: torch.Tensor, target: torch.Tensor, vocab: Vocab
+) -> torch.Tensor:
+    """Cross-entropy over text ids [..., text_size] + (<eos>, <pad>) [..., 2] at target ids [...], fp32 [...]."""
+    text_logits, eos_pad_logits = text_logits.float(), eos_pad_logits.float()
+    lse = torch.logaddexp(text_logits.logsumexp(-1), eos_pad_logits.logsumexp(-1))
+    is_text = target < vocab.text_size
+    pick_text = text_logits.gather(-1, target.clamp(max=vocab.text_size - 1)[..., None]).squeeze(-1)
+    pick_end = eos_pad_logits.gather(-1, (target - vocab.eos).clamp(0, 1)[..., None]).squeeze(-1)
+    return lse - torch.where(is_text, pick_text, pick_end)

@@ -1,0 +1,176 @@
+"""Correctness of the performance paths: the scored-only training loss, the site trainable-set option, 16-bit
+transport, and a smoke run of ``python -m benchmarks --quick`` on the tiny preset."""
+
+import pytest
+import torch
+
+import medim
+from medim.config import ConfigError, DiffusionConfig
+from medim.diffusion import add_noise, diffusion_loss, loss_from_nll
+from medim.model.lora import apply_lora, trainable_names, trainable_state
+from medim.model.transport import ABSOLUTE_ERROR, RELATIVE_ERROR, decode_state, encode_state, state_nbytes
+from medim.privacy_sgd import privatize
+from medim.train import compute_loss
+
+torch.set_num_threads(1)
+
+
+def _batch(model, n: int = 6, seed: int = 1):
+    v = model.vocab
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.stack(
+        [
+            v.sequence(
+                torch.randint(0, v.codebook_size, (v.image_tokens,), generator=g), list(range(7, 7 + 3 * i))
+            )
+            for i in range(n)
+        ]
+    )
+    task = torch.arange(n) % 4
+    t = torch.linspace(0.2, 0.95, n)
+    return add_noise(x0, v, DiffusionConfig(), t=t, task=task, generator=g)
+
+
+@pytest.mark.parametrize("flat", [True, False])
+def test_scored_nll_equals_full_logits_loss_and_gradients(flat):
+    model = apply_lora(medim.build_model("tiny", seed=0)).train()
+    with torch.no_grad():  # non-zero modulation so the time path matters too
+        for p in model.adaln.parameters():
+            p.normal_(0, 0.02)
+    batch = _batch(model)
+    params = dict(model.named_parameters())
+    names = trainable_names(model)
+
+    full = diffusion_loss(model(batch.xt, batch.sigma), batch, model.vocab)
+    full.total.backward()
+    want = {n: params[n].grad.clone() for n in names}
+    model.zero_grad(set_to_none=True)
+
+    nll = model.scored_nll(batch.xt, batch.sigma, batch.x0, batch.masked & batch.target, flat=flat)
+    cheap = loss_from_nll(nll, batch, model.vocab)
+    cheap.total.backward()
+    torch.testing.assert_close(cheap.per_sample, full.per_sample, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cheap.image, full.image, rtol=1e-5, atol=1e-6)
+    for n in names:
+        torch.testing.assert_close(params[n].grad, want[n], rtol=1e-4, atol=1e-7, msg=n)
+
+
+def test_compute_loss_switches_to_batch_shaped_heads_under_opacus():
+    model = apply_lora(medim.build_model("tiny", seed=0)).train()
+    assert not model.per_sample_hooks_attached()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    session = privatize(
+        model,
+        opt,
+        noise_multiplier=0.0,
+        max_grad_norm=1e6,
+        expected_batch_size=4,
+        grad_sample_mode="hooks",
+        noise_generator=torch.Generator().manual_seed(0),
+    )
+    try:
+        assert model.per_sample_hooks_attached()
+        batch = _batch(model, 4)
+        session.backward(compute_loss(model, batch, autocast_bf16=False).per_sample)
+        assert model.new_head.weight.grad_sample.shape[0] == 4
+    finally:
+        session.close()
+    assert not model.per_sample_hooks_attached()
+
+
+@pytest.mark.parametrize("adaln", ["per_layer", "single"])
+def test_site_trains_lora_and_adaln_offsets(adaln):
+    model = medim.build_model("tiny", lora=True, seed=0, adaln=adaln, site_trains=["lora", "adaln_offsets"])
+    names = trainable_names(model)
+    other = [n for n in names if "lora_" not in n]
+    if adaln == "single":
+        assert other == ["adaln.offset.weight"]
+    else:
+        assert other == [f"adaln.proj.{i}.bias" for i in range(model.n_layers)]
+    assert set(trainable_state(model)) == set(names)
+    default = medim.build_model("tiny", lora=True, seed=0, adaln=adaln)
+    assert sum(v.numel() for v in trainable_state(model).values()) < sum(
+        v.numel() for v in trainable_state(default).values()
+    )
+    # only the named tensors change in a step
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    model.train()
+    compute_loss(model, _batch(model), autocast_bf16=False).total.backward()
+    opt.step()
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and changed <= set(names)
+
+
+@pytest.mark.parametrize(
+    ("trains", "fragment"),
+    [
+        (["time", "adaln"], "holding lora"),
+        (["lora", "adaln", "adaln_offsets"], "not both"),
+        (["lora", "everything"], "model.site_trains"),
+        (["lora", "lora"], "distinct"),
+    ],
+)
+def test_site_trains_validation(trains, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        medim.build_model("tiny", site_trains=trains)
+
+
+def test_site_trains_without_new_token_rows_flag_keeps_rows_frozen():
+    model = medim.build_model("tiny", lora=True, train_new_token_rows=False)
+    assert not any(n.startswith(("new_embed", "new_head")) for n in trainable_names(model))
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_transport_round_trip_error_bound(dtype):
+    state = trainable_state(medim.build_model("tiny", lora=True, seed=0))
+    state["scale"] = torch.tensor([1e-3, 3.0, -1234.5])
+    encoded = encode_state(state, dtype)
+    assert state_nbytes(encoded) == state_nbytes(state) // (1 if dtype == "float32" else 2)
+    decoded = decode_state(encoded, state)
+    for name, value in state.items():
+        assert decoded[name].dtype == value.dtype
+        bound = RELATIVE_ERROR[dtype] * value.abs() + ABSOLUTE_ERROR[dtype]
+        assert bool(((decoded[name] - value).abs() <= bound).all()), name
+
+
+def test_transport_refuses_float16_overflow_and_key_mismatch():
+    with pytest.raises(ValueError, match="float16"):
+        encode_state({"w": torch.tensor([1e6])}, "float16")
+    with pytest.raises(ValueError, match="allowed"):
+        encode_state({"w": torch.tensor([1.0])}, "int8")
+    with pytest.raises(KeyError):
+        decode_state({"w": torch.tensor([1.0])}, {"v": torch.tensor([1.0])})
+
+
+@pytest.mark.parametrize("adaln", ["per_layer", "single"])
+def test_adaln_offsets_per_sample_gradients_under_opacus(adaln):
+    model = medim.build_model("tiny", lora=True, seed=0, adaln=adaln, site_trains=["lora", "adaln_offsets"])
+    model.train()
+    batch = _batch(model, 4)
+    params = dict(model.named_parameters())
+    names = trainable_names(model)
+    reference = []
+    for i in range(4):
+        sub = type(batch)(**{k: getattr(batch, k)[i : i + 1] for k in batch.__dataclass_fields__})
+        model.zero_grad(set_to_none=True)
+        compute_loss(model, sub, autocast_bf16=False).total.backward()
+        reference.append({n: params[n].grad.clone() for n in names})
+    model.zero_grad(set_to_none=True)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    session = privatize(
+        model,
+        opt,
+        noise_multiplier=0.0,
+        max_grad_norm=1e6,
+        expected_batch_size=4,
+        grad_sample_mode="hooks",
+        noise_generator=torch.Generator().manual_seed(0),
+    )
+    try:
+        session.backward(compute_loss(model, batch, autocast_bf16=False).per_sample)
+        for n in names:
+            for i, ref in enumerate(reference):
+                torch.testing.assert_close(params[n].grad_sample[i], ref[n], rtol=1e-5, atol=1e-7, msg=n)
+    finally:
+        session.close()

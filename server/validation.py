@@ -131,8 +131,10 @@ def _arrays(record: ArrayRecord, global_arrays: dict[str, np.ndarray]) -> dict[s
     for key, reference in global_arrays.items():
         try:
             value = record[key].numpy()
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, EOFError, OSError) as err:  # np.load of bytes a site chose
             raise Rejection(f"{key}: not a numpy array ({err})") from None
+        if not isinstance(value, np.ndarray):  # e.g. an .npz archive: np.load returns an NpzFile
+            raise Rejection(f"{key}: not a numpy array (decoded to {type(value).__name__})")
         if value.shape != reference.shape:
             raise Rejection(f"{key}: shape {value.shape} != expected {reference.shape}")
         if value.dtype != reference.dtype:

@@ -114,7 +114,7 @@ def _position(value: Any) -> tuple[str, str] | None:
     if not isinstance(value, list | tuple) or len(value) != 2:
         return None
     coords = [str(v).strip() for v in value]
-    if not all(c.isdigit() for c in coords):
+    if not all(c.isascii() and c.isdigit() and len(c) <= 12 for c in coords):
         return None
     return str(int(coords[0])), str(int(coords[1]))
 
@@ -122,7 +122,7 @@ def _position(value: Any) -> tuple[str, str] | None:
 def _patches_from_json(path: Path, pngs: dict[str, Path], root: Path, index: ArchiveIndex) -> list[Patch]:
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise ArchiveError(f"{path}: cannot be read as JSON ({err})") from None
     if not isinstance(entries, list):
         raise ArchiveError(f"{path}: expected a JSON list of {{wsi_id, position, caption}} objects")

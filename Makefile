@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt scripts/system-deps.sh
 	touch $@
 
 demo: setup
-	$(BIN)/medim-train --preset small --out $(OUT)
+	$(BIN)/medim-simulate sim=small hydra.run.dir=$(OUT)
 
 lint: setup
 	$(BIN)/ruff check .

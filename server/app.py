@@ -15,22 +15,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from medim.config import ConfigError, DiffusionConfig, load_preset
-from medim.model.lora import apply_lora, trainable_state
+from medim.model.lora import trainable_state
 from medim.pipeline import Workspace
 from server.audit import AuditLog
 from server.checkpoint import ServerState, latest_path, load_state, save_state
 from server.config import FLConfig
-from server.evaluation import EvalHook, Evaluator
+from server.evaluation import EvalHook, build_evaluator
 from server.loop import roll_call, run_rounds, state_sha256
 from server.strategies import load_strategy_state, make_strategy
 
 Scalar = str | int | float | bool
-CHECKPOINTS, AUDIT = "checkpoints", "audit.jsonl"
+CHECKPOINTS, AUDIT, SAMPLES = "checkpoints", "audit.jsonl", "samples"
 
 
 @dataclass
@@ -69,7 +68,9 @@ class ServerPlan:
     def config_hash(self) -> str:
         """Hash of what determines the result of every round (not the stopping round, paths or timeouts)."""
         fl = {
-            k: v for k, v in asdict(self.fl).items() if k not in ("rounds", "timeout_s", "keep_checkpoints")
+            k: v
+            for k, v in asdict(self.fl).items()
+            if k not in ("rounds", "timeout_s", "keep_checkpoints", "generation")
         }
         body = json.dumps(
             {"fl": fl, "sites": sorted(self.sites), "diffusion": self.diffusion}, sort_keys=True
@@ -85,13 +86,8 @@ def _report(plan: ServerPlan, line: str) -> None:
 def serve(grid: Grid, plan: ServerPlan, *, hooks: Sequence[EvalHook] = ()) -> ServerState:
     """Run (or resume) the federation described by ``plan`` over ``grid``; returns the final server state."""
     ws = Workspace.load(plan.workspace)
-    model = ws.load_base()
-    torch.manual_seed(plan.fl.seed)
-    apply_lora(model)
-    rows = plan.fl.eval_rows or None
-    heldout = {m: ws.sequences([folder], model).x0[:rows] for m, folder in sorted(ws.heldout.items())}
     diffusion = load_preset(DiffusionConfig, "diffusion", plan.diffusion)
-    evaluator = Evaluator(model, heldout, diffusion, seed=plan.fl.seed, hooks=hooks)
+    evaluator = build_evaluator(ws, plan.fl, diffusion, hooks=hooks)
     strategy = make_strategy(plan.fl)
     checkpoints, audit = plan.out / CHECKPOINTS, AuditLog(plan.out / AUDIT)
     latest = latest_path(checkpoints)
@@ -108,7 +104,7 @@ def serve(grid: Grid, plan: ServerPlan, *, hooks: Sequence[EvalHook] = ()) -> Se
         audit.append("resume", round=state.round, checkpoint=str(latest))
         _report(plan, f"resuming after round {state.round} from {latest}")
     else:
-        initial = {k: v.numpy() for k, v in trainable_state(model).items()}
+        initial = {k: v.numpy() for k, v in trainable_state(evaluator.model).items()}
         state = ServerState(round=0, trainable=initial, config_hash=plan.config_hash())
         audit.append("start", config_hash=state.config_hash, fl=asdict(plan.fl), sites=plan.sites)
         first = evaluator(0, initial)
@@ -128,6 +124,9 @@ def serve(grid: Grid, plan: ServerPlan, *, hooks: Sequence[EvalHook] = ()) -> Se
         checkpoints=checkpoints,
         report=lambda line: _report(plan, line),
     )
+    if evaluator.generation is not None:
+        for samples in evaluator.generation.last.values():
+            samples.save(plan.out / SAMPLES)
     audit.append("finish", round=state.round, checkpoint=str(latest_path(checkpoints)))
     return state
 

@@ -2,7 +2,7 @@
 
 Everything the coordinator decides: the strategy and its parameters, rounds, sampling, what each site is asked to
 do per round (local steps, learning rate, batch size, FedProx's mu), how often the global model is evaluated, and
-the bounds an update must respect to be aggregated. A site's privacy settings are *not* here: they are the site's
+the bounds an update must respect to be aggregated, and the generation metrics of the global evaluation. A site's privacy settings are *not* here: they are the site's
 own (:class:`client.config.SiteConfig`).
 """
 
@@ -30,6 +30,32 @@ class ValidationConfig:
 
 
 @dataclass
+class GenerationConfig:
+    """Generation metrics of the global evaluation (:mod:`server.evaluation`), on a fixed held-out subset.
+
+    Every ``every`` rounds and at the last (0 = never): report->image and image->report generations of the
+    first ``samples`` pairs per held-out set (sampler preset ``sampler``, ``sampler_steps`` > 0 overrides its
+    steps), report metrics and label F1; at the last round only, FID (``fid``) and domain FID (``domain_fid``,
+    classifier trained ``domain_steps`` steps once and cached in the workspace). These settings do not change
+    training, so they are not part of the run's configuration hash.
+    """
+
+    every: int = 2
+    samples: int = 8
+    sampler: str = "default"
+    sampler_steps: int = 0
+    fid: bool = True
+    domain_fid: bool = True
+    domain_steps: int = 300
+
+    def __post_init__(self) -> None:
+        check(self.every >= 0, "fl.generation.every", self.every, ">= 0 (0 = never)")
+        check(self.samples >= 2, "fl.generation.samples", self.samples, ">= 2")
+        check(self.sampler_steps >= 0, "fl.generation.sampler_steps", self.sampler_steps, ">= 0")
+        check_positive("fl.generation.domain_steps", self.domain_steps)
+
+
+@dataclass
 class FLConfig:
     """One federated run: strategy, rounds, sampling, the per-round site task, evaluation and validation."""
 
@@ -52,10 +78,13 @@ class FLConfig:
     timeout_s: float = 3600.0
     keep_checkpoints: int = 2
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.validation, dict):
             self.validation = ValidationConfig(**self.validation)
+        if isinstance(self.generation, dict):
+            self.generation = GenerationConfig(**self.generation)
         check_choice("fl.strategy", self.strategy, STRATEGIES)
         check_positive("fl.rounds", self.rounds)
         check_unit("fl.fraction", self.fraction, open_low=True)

@@ -60,6 +60,7 @@ def prepare_workspace(sim: SimConfig, out: Path, *, progress: bool) -> Workspace
     return bootstrap(
         root,
         preset=sim.preset,
+        tokenizer_preset=sim.tokenizer or None,
         seed=sim.seed,
         synth_scale=sim.synth_scale,
         pretrain=pretrain,

@@ -71,8 +71,13 @@ def _read(path: Path) -> Dataset:
 
 def _check_codec(path: Path, ds: Dataset) -> None:
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    if syntax is None or not syntax.is_compressed:
-        return
+    try:
+        if syntax is None or not syntax.is_compressed:
+            return
+    except ValueError:  # pydicom: "UID is not a transfer syntax"
+        raise DicomError(
+            path, "unsupported_transfer_syntax", f"transfer syntax UID {syntax} is not a transfer syntax"
+        ) from None
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError:

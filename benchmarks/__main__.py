@@ -1,48 +1,141 @@
-"""`python -m benchmarks [--out FILE] [--quick]`: measured speed figures as one JSON file plus a short table."""
+"""`python -m benchmarks [--out FILE] [--quick] [--preset small]` (also `medim-bench`): the performance suite.
+
+Runs every section in one process (memory in subprocesses) and writes one JSON file: the machine (with its
+load average), library versions, the measured ceilings (bf16/fp32 matmul, memory bandwidth), each section's
+details and ``figures`` -- ``mfu``, ``dp_overhead``, ``upload_fraction``, ``sampling_speedup``,
+``federation_overhead``, ``client_peak_rss_gb`` -- plus a short table on stdout. Every figure is a ratio of two
+things measured side by side in this run, or an absolute number next to a ceiling measured at the start.
+CPU only (the training code autocasts on CPU). See docs/performance.md.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from benchmarks.machine import describe, matmul_flops
+from benchmarks import figures
+from benchmarks.machine import describe, matmul_flops, memory_bandwidth
 from benchmarks.train_throughput import measure
+
+SECTIONS = ("mfu", "dp", "upload", "transport", "sampling", "memory", "seq_scaling", "federation")
+TARGETS = {
+    "mfu": (">=", 0.30),
+    "dp_overhead": ("<=", 1.3),
+    "upload_fraction": ("<=", 0.02),
+    "sampling_speedup": (">=", 8.0),
+    "federation_overhead": ("<=", 1.15),
+    "client_peak_rss_gb": ("<=", 2.0),
+}
+
+
+def run_suite(
+    *,
+    preset: str,
+    quick: bool,
+    sections: tuple[str, ...] = SECTIONS,
+    fed_preset: str = "tiny",
+    workspace: Path = Path("runs/bench-workspace"),
+) -> dict[str, Any]:
+    """Run the chosen sections; returns the JSON-able result (see the module docstring)."""
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    result: dict[str, Any] = {
+        "command": "python -m benchmarks" + (" --quick" if quick else "") + f" --preset {preset}",
+        "preset": preset,
+        "quick": quick,
+        "machine": describe(),
+        "ceilings": {
+            "bf16_matmul_flops": matmul_flops(torch.bfloat16, seconds=1.0),
+            "fp32_matmul_flops": matmul_flops(torch.float32, seconds=1.0),
+            "memory_bandwidth_bytes_per_s": memory_bandwidth(),
+            "threads": 1,
+        },
+        "sections": {},
+    }
+    out, figs = result["sections"], {name: None for name in TARGETS}
+    steps = 3 if quick else 8
+    if "mfu" in sections:
+        out["mfu"] = measure(preset, steps=steps).as_dict()
+        figs["mfu"] = out["mfu"]["mfu"]
+    if "dp" in sections:
+        modes = ("hooks",) if quick else ("hooks", "functorch", "ghost")
+        out["dp"] = figures.dp_overhead(preset, steps=steps, modes=modes)
+        figs["dp_overhead"] = out["dp"]["ratio"]["hooks"]
+    if "upload" in sections:
+        out["upload"] = figures.upload(preset)
+        figs["upload_fraction"] = out["upload"]["sets"]["lora+adaln_offsets"]["float32"]["fraction"]
+    if "transport" in sections:
+        out["transport"] = figures.transport_quality(
+            "tiny" if quick else preset, rounds=2 if quick else 4, sites=2, steps=4 if quick else 15
+        )
+    if "sampling" in sections:
+        out["sampling"] = figures.sampling_speed(preset, batch=2 if quick else 4, repeats=1 if quick else 3)
+        figs["sampling_speedup"] = out["sampling"]["speedup"]
+    if "memory" in sections:
+        out["memory"] = figures.memory(preset, steps=2 if quick else 10)
+        figs["client_peak_rss_gb"] = out["memory"]["client_peak_rss_gb"]
+    if "seq_scaling" in sections:
+        out["seq_scaling"] = figures.seq_scaling(preset, steps=1 if quick else 3)
+    if "federation" in sections:
+        counts = (2,) if quick else (2, 4)
+        out["federation"] = figures.federation(
+            fed_preset, site_counts=counts, rounds=1 if quick else 2, workspace=workspace
+        )
+        figs["federation_overhead"] = out["federation"]["overhead"]
+    result["figures"] = figs
+    result["targets"] = {k: f"{op} {v}" for k, (op, v) in TARGETS.items()}
+    result["machine"]["load_average_end"] = describe()["load_average"]
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [f"{'figure':<22}{'value':>10}  target"]
+    for name, value in result["figures"].items():
+        op, target = TARGETS[name]
+        shown = "-" if value is None else f"{value:.3f}"
+        met = (
+            ""
+            if value is None
+            else ("met" if (value >= target if op == ">=" else value <= target) else "NOT met")
+        )
+        lines.append(f"{name:<22}{shown:>10}  {op} {target} {met}")
+    c, m = result["ceilings"], result["machine"]
+    lines.append(
+        f"ceilings (1 thread): bf16 {c['bf16_matmul_flops'] / 1e9:.0f} GFLOP/s, fp32 "
+        f"{c['fp32_matmul_flops'] / 1e9:.0f} GFLOP/s, copy {c['memory_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s; "
+        f"{m['cpu']} x{m['cores']}, load {m['load_average'][0]:.1f} -> {m['load_average_end'][0]:.1f}; "
+        f"{result['seconds']:.0f} s"
+    )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results.json"))
-    parser.add_argument("--quick", action="store_true", help="fewer timed steps (under two minutes)")
-    parser.add_argument("--preset", default="small")
-    args = parser.parse_args(argv)
-
-    ceiling_bf16 = matmul_flops(torch.bfloat16)
-    ceiling_fp32 = matmul_flops(torch.float32)
-    steps = 3 if args.quick else 10
-    bf16 = measure(args.preset, steps=steps, autocast_bf16=True)
-    fp32 = measure(args.preset, steps=steps, autocast_bf16=False)
-    figures = {
-        "mfu": bf16.achieved_flops / ceiling_bf16,
-        "train_tokens_per_second": bf16.tokens_per_second,
-        "bf16_speedup_over_fp32": fp32.seconds_per_step / bf16.seconds_per_step,
-    }
-    result = {
-        "machine": describe(),
-        "ceilings": {"bf16_matmul_flops": ceiling_bf16, "fp32_matmul_flops": ceiling_fp32},
-        "train": {"bf16": bf16.as_dict(), "fp32": fp32.as_dict()},
-        "figures": figures,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"{'figure':<28}{'value':>14}")
-    for name, value in figures.items():
-        print(f"{name:<28}{value:>14.3f}")
-    print(
-        f"(bf16 ceiling {ceiling_bf16 / 1e9:.1f} GFLOP/s, fp32 {ceiling_fp32 / 1e9:.1f} GFLOP/s) -> {args.out}"
+    parser.add_argument("--quick", action="store_true", help="fewer steps and rounds (about two minutes)")
+    parser.add_argument("--preset", default="small", help="model preset of the model sections")
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help="comma-separated subset of " + ",".join(SECTIONS)
     )
+    parser.add_argument(
+        "--workspace", type=Path, default=Path("runs/bench-workspace"), help="cached tiny workspace"
+    )
+    args = parser.parse_args(argv)
+    chosen = tuple(s for s in args.sections.split(",") if s)
+    unknown = sorted(set(chosen) - set(SECTIONS))
+    if unknown:
+        parser.error(f"--sections: unknown {unknown}; allowed {', '.join(SECTIONS)}")
+    result = run_suite(preset=args.preset, quick=args.quick, sections=chosen, workspace=args.workspace)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, default=str))
+    print(table(result))
+    print(f"-> {args.out}")
     return 0
 
 

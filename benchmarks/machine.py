@@ -20,25 +20,48 @@ def describe() -> dict[str, object]:
         cpu = names[0] if names else cpu
     except OSError:
         pass
+    import opacus
+    import peft
+
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "torch_threads": torch.get_num_threads(),
+        "load_average": list(os.getloadavg()),
+        "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        "opacus": opacus.__version__,
+        "peft": peft.__version__,
         "python": platform.python_version(),
     }
 
 
-def matmul_flops(dtype: torch.dtype, *, size: int = 1024, seconds: float = 2.0) -> float:
+def memory_bandwidth(*, megabytes: int = 256, seconds: float = 1.0) -> float:
+    """Sustained bytes/s of a large tensor copy (bytes read + bytes written), best of a few copies."""
+    src = torch.ones(megabytes * 2**20 // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        dst.copy_(src)
+        best = max(best, 2 * src.numel() * 4 / (time.perf_counter() - start))
+    return best
+
+
+def matmul_flops(dtype: torch.dtype, *, size: int = 1024, seconds: float = 2.0, device: str = "cpu") -> float:
     """Sustained FLOP/s of square ``size`` matmuls in ``dtype`` (best of a few timed blocks)."""
-    a = torch.randn(size, size).to(dtype)
-    b = torch.randn(size, size).to(dtype)
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
     torch.mm(a, b)
     best, deadline = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         start = time.perf_counter()
         for _ in range(4):
             torch.mm(a, b)
+        if device != "cpu":
+            torch.cuda.synchronize()
         best = max(best, 4 * 2 * size**3 / (time.perf_counter() - start))
     return best

@@ -1,6 +1,8 @@
 """Correctness of the performance paths: the scored-only training loss, the site trainable-set option, 16-bit
 transport, and a smoke run of ``python -m benchmarks --quick`` on the tiny preset."""
 
+import json
+
 import pytest
 import torch
 
@@ -174,3 +176,20 @@ def test_adaln_offsets_per_sample_gradients_under_opacus(adaln):
                 torch.testing.assert_close(params[n].grad_sample[i], ref[n], rtol=1e-5, atol=1e-7, msg=n)
     finally:
         session.close()
+
+
+@pytest.mark.parametrize("preset", ["tiny"])
+def test_benchmark_suite_quick_logic_runs(preset, tmp_path):
+    import time
+
+    from benchmarks.__main__ import TARGETS, main
+
+    out = tmp_path / "bench.json"
+    start = time.perf_counter()
+    assert main(["--quick", "--preset", preset, "--sections", "mfu,upload,sampling", "--out", str(out)]) == 0
+    assert time.perf_counter() - start < 60
+    result = json.loads(out.read_text())
+    assert set(result["figures"]) == set(TARGETS)
+    for name in ("mfu", "upload_fraction", "sampling_speedup"):
+        assert isinstance(result["figures"][name], float) and result["figures"][name] > 0
+    assert result["ceilings"]["bf16_matmul_flops"] > 0 and result["machine"]["load_average"]

@@ -1,0 +1,201 @@
+"""The suite's side-by-side measurements besides MFU: DP overhead, upload size and 16-bit transport, sampling
+speed, client memory, sequence-length scaling, federation overhead. Each returns a JSON-able dict."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import medim
+from benchmarks.dp_modes import make_step
+from benchmarks.train_throughput import measure
+from medim.config import DiffusionConfig, SamplerConfig, TrainConfig
+from medim.evaluate import heldout_loss
+from medim.model.lora import load_trainable_state, trainable_state
+from medim.model.transport import decode_state, encode_state, state_nbytes
+from medim.sampling import joint_prompt, sample
+from medim.train import train_local
+
+
+def dp_overhead(preset: str, *, steps: int, modes: tuple[str, ...], batch: int = 16) -> dict[str, Any]:
+    """Median DP-SGD step time / plain step time per Opacus mode, modes run round-robin in one process."""
+    torch.set_num_threads(1)
+    fns = {mode: make_step(mode, preset, batch)[0] for mode in ("plain", *modes)}
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {mode: [] for mode in fns}
+    for _ in range(steps):
+        for mode, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[mode].append(time.perf_counter() - start)
+    medians = {mode: statistics.median(t) for mode, t in times.items()}
+    return {
+        "seconds_per_step": medians,
+        "ratio": {mode: medians[mode] / medians["plain"] for mode in modes},
+    }
+
+
+TRAINABLE_SETS = {
+    "default": {},
+    "lora+adaln_offsets": {"site_trains": ["lora", "adaln_offsets"]},
+    "lora+adaln_offsets, adaln single": {"site_trains": ["lora", "adaln_offsets"], "adaln": "single"},
+}
+
+
+def upload(preset: str) -> dict[str, Any]:
+    """Bytes a site uploads per round (its trainable state) / bytes of the full base model (fp32)."""
+    full = state_nbytes(medim.build_model(preset, seed=0).state_dict())
+    out: dict[str, Any] = {"full_model_bytes": full, "sets": {}}
+    for name, overrides in TRAINABLE_SETS.items():
+        state = trainable_state(medim.build_model(preset, seed=0, lora=True, **overrides))
+        row = {"parameters": sum(v.numel() for v in state.values())}
+        for dtype in ("float32", "bfloat16"):
+            nbytes = state_nbytes(encode_state(state, dtype))
+            row[dtype] = {"bytes": nbytes, "fraction": nbytes / full}
+        out["sets"][name] = row
+    return out
+
+
+def _learnable(model: medim.MeDiM, n: int, seed: int) -> torch.Tensor:
+    """x0 [n, L] whose report is a function of the image (so the loss can fall)."""
+    vocab = model.vocab
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n):
+        k = int(torch.randint(0, 8, (1,), generator=g))
+        codes = (torch.arange(vocab.image_tokens) * (k + 1) + k) % vocab.codebook_size
+        rows.append(vocab.sequence(codes, [20 + k, 30 + k, 40 + k, 50]))
+    return torch.stack(rows)
+
+
+def transport_quality(preset: str, *, rounds: int, sites: int, steps: int) -> dict[str, Any]:
+    """FedAvg (in process, no DP) with fp32 vs bf16 transport of the site updates: held-out loss after ``rounds``."""
+    torch.set_num_threads(1)
+    base = medim.build_model(preset, seed=0, lora=True, site_trains=["lora", "adaln_offsets"])
+    data = [_learnable(base, 32, seed=10 + s) for s in range(sites)]
+    heldout = _learnable(base, 32, seed=99)
+    diffusion = DiffusionConfig()
+    start_state = trainable_state(base)
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        model = medim.build_model(preset, seed=0, lora=True, site_trains=["lora", "adaln_offsets"])
+        load_trainable_state(model, start_state)
+        global_state = {k: v.clone() for k, v in start_state.items()}
+        for r in range(rounds):
+            updates = []
+            for s, x0 in enumerate(data):
+                load_trainable_state(model, global_state)
+                train = TrainConfig(steps=steps, batch_size=8, lr=3e-3, warmup_steps=1, seed=100 * r + s)
+                train_local(model, x0, diffusion=diffusion, train=train, progress=False)
+                updates.append(decode_state(encode_state(trainable_state(model), dtype), start_state))
+            global_state = {k: torch.stack([u[k] for u in updates]).mean(0) for k in global_state}
+        load_trainable_state(model, global_state)
+        loss = heldout_loss(model, heldout, diffusion=diffusion, t_grid=(0.25, 0.5, 0.75), seed=0)
+        losses[dtype] = loss.loss
+    first = medim.build_model(preset, seed=0, lora=True, site_trains=["lora", "adaln_offsets"])
+    initial = heldout_loss(first, heldout, diffusion=diffusion, t_grid=(0.25, 0.5, 0.75), seed=0).loss
+    return {
+        "preset": preset,
+        "rounds": rounds,
+        "sites": sites,
+        "local_steps": steps,
+        "initial_heldout_loss": initial,
+        "heldout_loss": losses,
+        "relative_difference": abs(losses["bfloat16"] - losses["float32"]) / losses["float32"],
+    }
+
+
+def sampling_speed(preset: str, *, batch: int = 4, repeats: int = 1) -> dict[str, Any]:
+    """MaskGIT with 16 steps vs one token per step (as many steps as generated positions), same model/prompt."""
+    torch.set_num_threads(1)
+    model = medim.build_model(preset, seed=0).eval()
+    vocab = model.vocab
+    positions = vocab.image_tokens + vocab.text_tokens
+    out: dict[str, Any] = {"generated_positions": positions, "batch": batch}
+    for name, steps in (("maskgit_16", 16), ("one_per_step", positions)):
+        times = []
+        for r in range(repeats):
+            g = torch.Generator().manual_seed(r)
+            start = time.perf_counter()
+            sample(model, joint_prompt(vocab, batch), SamplerConfig(steps=steps), generator=g)
+            times.append(time.perf_counter() - start)
+        out[name] = {"steps": steps, "seconds": statistics.median(times)}
+    out["speedup"] = out["one_per_step"]["seconds"] / out["maskgit_16"]["seconds"]
+    return out
+
+
+_CLIENT = """
+import json, resource, sys, torch
+import medim
+from medim.config import DiffusionConfig, TrainConfig
+from medim.privacy import PrivacyConfig, train_private
+from benchmarks.train_throughput import records
+torch.set_num_threads(1)
+preset, steps, ledger = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+model = medim.build_model(preset, seed=0, lora=True)
+x0 = records(model, 256)
+train = TrainConfig(steps=steps, batch_size=16, lr=1e-4, warmup_steps=1, autocast_bf16=True)
+train_private(model, x0, diffusion=DiffusionConfig(), train=train, privacy=PrivacyConfig(delta=1e-3),
+              ledger_path=ledger, progress=False)
+print(json.dumps({"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+"""
+
+_SERVER = """
+import json, resource, sys, torch
+import medim
+from medim.config import DiffusionConfig
+from medim.evaluate import heldout_loss
+from benchmarks.train_throughput import records
+torch.set_num_threads(1)
+model = medim.build_model(sys.argv[1], seed=0, lora=True)
+heldout_loss(model, records(model, 64), diffusion=DiffusionConfig(), t_grid=(0.25, 0.5, 0.75), seed=0)
+print(json.dumps({"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+"""
+
+
+def _child(code: str, *args: str) -> float:
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=True, cwd=Path.cwd()
+    )
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_gb"])
+
+
+def memory(preset: str, *, steps: int, sites: int = 8) -> dict[str, Any]:
+    """Peak RSS of one client process (DP-SGD hooks round of ``steps`` steps) and of a coordinator-like process
+    (model + held-out evaluation), each in its own subprocess; estimate for ``sites`` clients + the server."""
+    with tempfile.TemporaryDirectory() as tmp:
+        client = _child(_CLIENT, preset, str(steps), str(Path(tmp) / "ledger.json"))
+    server = _child(_SERVER, preset)
+    return {
+        "client_peak_rss_gb": client,
+        "server_peak_rss_gb": server,
+        "sites": sites,
+        "simulation_estimate_gb": sites * client + server,
+    }
+
+
+def seq_scaling(preset: str, *, steps: int) -> dict[str, Any]:
+    """Local step time at the preset's sequence length L and at about 2L (text region extended)."""
+    base = medim.build_model(preset, seed=0)
+    text = base.vocab.text_tokens
+    rows = []
+    for extra in (0, base.vocab.seq_len):
+        r = measure(preset, steps=steps, batch_size=8, overrides={"text_tokens": text + extra})
+        rows.append({"seq_len": r.seq_len, "seconds_per_step": r.seconds_per_step, "mfu": r.mfu})
+    return {"rows": rows, "time_ratio_2x_len": rows[1]["seconds_per_step"] / rows[0]["seconds_per_step"]}
+
+
+def federation(preset: str, *, site_counts: tuple[int, ...], rounds: int, workspace: Path) -> dict[str, Any]:
+    """Flower simulation (Ray) round wall time vs the same sites' rounds run alone in this process."""
+    from benchmarks.federation import federation_overhead
+
+    return federation_overhead(preset, site_counts=site_counts, rounds=rounds, workspace=workspace)

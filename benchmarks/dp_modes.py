@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results-dp-modes.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    steps, times = {}, {mode: [] for mode in MODES}
+    steps: dict[str, Callable[[], None]] = {}
+    times: dict[str, list[float]] = {mode: [] for mode in MODES}
     trainable = 0
     for mode in MODES:
         steps[mode], trainable = make_step(mode, args.preset, args.batch)

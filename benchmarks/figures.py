@@ -20,6 +20,7 @@ from benchmarks.train_throughput import measure
 from medim.config import DiffusionConfig, SamplerConfig, TrainConfig
 from medim.evaluate import heldout_loss
 from medim.model.lora import load_trainable_state, trainable_state
+from medim.model.medim import MeDiM
 from medim.model.transport import decode_state, encode_state, state_nbytes
 from medim.sampling import joint_prompt, sample
 from medim.train import train_local
@@ -44,7 +45,7 @@ def dp_overhead(preset: str, *, steps: int, modes: tuple[str, ...], batch: int =
     }
 
 
-TRAINABLE_SETS = {
+TRAINABLE_SETS: dict[str, dict[str, Any]] = {
     "default": {},
     "lora+adaln_offsets": {"site_trains": ["lora", "adaln_offsets"]},
     "lora+adaln_offsets, adaln single": {"site_trains": ["lora", "adaln_offsets"], "adaln": "single"},
@@ -57,7 +58,7 @@ def upload(preset: str) -> dict[str, Any]:
     out: dict[str, Any] = {"full_model_bytes": full, "sets": {}}
     for name, overrides in TRAINABLE_SETS.items():
         state = trainable_state(medim.build_model(preset, seed=0, lora=True, **overrides))
-        row = {"parameters": sum(v.numel() for v in state.values())}
+        row: dict[str, Any] = {"parameters": sum(v.numel() for v in state.values())}
         for dtype in ("float32", "bfloat16"):
             nbytes = state_nbytes(encode_state(state, dtype))
             row[dtype] = {"bytes": nbytes, "fraction": nbytes / full}
@@ -65,7 +66,7 @@ def upload(preset: str) -> dict[str, Any]:
     return out
 
 
-def _learnable(model: medim.MeDiM, n: int, seed: int) -> torch.Tensor:
+def _learnable(model: MeDiM, n: int, seed: int) -> torch.Tensor:
     """x0 [n, L] whose report is a function of the image (so the loss can fall)."""
     vocab = model.vocab
     g = torch.Generator().manual_seed(seed)

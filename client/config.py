@@ -23,6 +23,11 @@ MODALITIES = ("cxr", "pathology")
 class SiteConfig:
     """One site. Paths are absolute or relative to the working directory of the site's process.
 
+    Deployment (``medim-client``): ``coordinator`` is the SuperLink's ``host:port``, ``ca_cert`` the federation CA
+    that verifies it (TLS), ``node_key`` this site's node-authentication private key (``medim-certs site``),
+    ``node_port`` the local port of the SuperNode's runtime API (distinct per site on one machine); ``insecure``
+    (plaintext, no node authentication) is for tests on loopback only.
+
     ``report_losses`` sends the round's training loss and the fixed-grid loss per modality on up to ``loss_rows``
     of the site's own held-back records: aggregate numbers, but not covered by the DP accountant; a site that
     wants only DP-covered releases sets it to false.
@@ -41,6 +46,11 @@ class SiteConfig:
     loss_rows: int = 16
     report_losses: bool = True
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    coordinator: str = ""
+    ca_cert: str = ""
+    node_key: str = ""
+    node_port: int = 9094
+    insecure: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.privacy, dict):
@@ -50,6 +60,7 @@ class SiteConfig:
         check_positive("site.threads", self.threads)
         check(self.loss_rows >= 0, "site.loss_rows", self.loss_rows, ">= 0")
         check(len(self.splits) > 0, "site.splits", self.splits, "a non-empty list")
+        check(0 < self.node_port < 65536, "site.node_port", self.node_port, "a TCP port")
 
     def check_complete(self) -> None:
         """Raise ConfigError naming the first path setting a site cannot run without."""

@@ -70,7 +70,7 @@ class ServerPlan:
         fl = {
             k: v
             for k, v in asdict(self.fl).items()
-            if k not in ("rounds", "timeout_s", "keep_checkpoints", "generation")
+            if k not in ("rounds", "timeout_s", "connect_timeout_s", "keep_checkpoints", "generation")
         }
         body = json.dumps(
             {"fl": fl, "sites": sorted(self.sites), "diffusion": self.diffusion}, sort_keys=True
@@ -112,7 +112,7 @@ def serve(grid: Grid, plan: ServerPlan, *, hooks: Sequence[EvalHook] = ()) -> Se
         state.audit_head = audit.head
         save_state(checkpoints, state, keep=plan.fl.keep_checkpoints)
         _report(plan, f"round 0  {first.line()}")
-    nodes = roll_call(grid, expected=plan.sites, timeout=plan.fl.timeout_s, audit=audit)
+    nodes = roll_call(grid, expected=plan.sites, timeout=plan.fl.connect_timeout_s, audit=audit)
     state = run_rounds(
         grid,
         state=state,

@@ -76,6 +76,7 @@ class FLConfig:
     eval_rows: int = 64
     seed: int = 0
     timeout_s: float = 3600.0
+    connect_timeout_s: float = 3600.0
     keep_checkpoints: int = 2
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
@@ -107,4 +108,5 @@ class FLConfig:
         check_positive("fl.eval_every", self.eval_every)
         check(self.eval_rows >= 0, "fl.eval_rows", self.eval_rows, ">= 0 (0 = every held-out row)")
         check_positive("fl.timeout_s", self.timeout_s)
+        check_positive("fl.connect_timeout_s", self.connect_timeout_s)
         check_positive("fl.keep_checkpoints", self.keep_checkpoints)

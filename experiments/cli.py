@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from experiments.ablation import VARIANTS, pick_variants, run_ablation
 from experiments.downstream import run_downstream
 from experiments.setup import RunSettings
@@ -28,6 +30,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--workspace", type=Path, default=None, help="workspace folder (default OUT/workspace)"
     )
     parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0: all cores)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -76,8 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         classifier_dir=getattr(args, "classifier_dir", DEFAULT_CLASSIFIERS),
         classifier_steps=getattr(args, "classifier_steps", 150),
         sampler_steps=args.sampler_steps,
+        threads=args.threads,
         progress=not args.no_progress,
     )
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         if args.experiment == "ablation":
             results = run_ablation(settings, pick_variants(args.variant))

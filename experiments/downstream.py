@@ -34,6 +34,8 @@ from medim.model.medim import MeDiM
 from medim.sampling import joint_prompt, prompted_pair_prompt, sample
 
 METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l")
+MIN_BASELINE = 1e-3
+"""Below this baseline value a relative change is reported as null (it would be a ratio of noise)."""
 
 
 def canonical(model: MeDiM, x: torch.Tensor) -> torch.Tensor:
@@ -109,8 +111,8 @@ def evaluate_generator(
 
 
 def relative_changes(real: dict[str, Any], augmented: dict[str, Any]) -> dict[str, Any]:
-    """``(b - a) / a`` per modality for the text metrics and micro/macro label F1; null where ``a`` is 0 or a
-    value is missing (the reason under ``unavailable``)."""
+    """``(b - a) / a`` per modality for the text metrics and micro/macro label F1; null where ``a`` is below
+    :data:`MIN_BASELINE` or a value is missing (the reason under ``unavailable``)."""
     out: dict[str, Any] = {}
     for modality in real:
         pairs = {m: (real[modality]["text"][m], augmented[modality]["text"][m]) for m in METRICS}
@@ -121,8 +123,8 @@ def relative_changes(real: dict[str, Any], augmented: dict[str, Any]) -> dict[st
         for metric, (a, b) in pairs.items():
             if a is None or b is None:
                 changes[metric], unavailable[metric] = None, "metric unavailable in one arm"
-            elif a == 0:
-                changes[metric], unavailable[metric] = None, "baseline value is 0"
+            elif a < MIN_BASELINE:
+                changes[metric], unavailable[metric] = None, f"baseline value {a:.2g} < {MIN_BASELINE}"
             else:
                 changes[metric] = (b - a) / a
         out[modality] = {"relative_change": changes, "unavailable": unavailable}

@@ -21,7 +21,8 @@ class RunSettings:
     """Settings shared by the experiments (everything that determines their numbers, with the seed).
 
     ``samples``: held-out pairs generated per modality and direction; ``sampler_steps``: MaskGIT steps
-    (None: the ``default`` sampler preset's); ``classifier_steps``: training steps of the domain classifiers.
+    (None: the ``default`` sampler preset's); ``classifier_steps``: training steps of the domain classifiers;
+    ``threads``: torch CPU threads while training (0: all cores).
     """
 
     preset: str
@@ -33,6 +34,7 @@ class RunSettings:
     classifier_dir: Path
     classifier_steps: int = 400
     sampler_steps: int | None = None
+    threads: int = 1
     progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:

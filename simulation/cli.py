@@ -48,6 +48,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--faults", default=None, help="fault plan (configs/faults/): crashes, stalls, bad updates"
     )
+    parser.add_argument(
+        "--privacy-report",
+        action="store_true",
+        help="after the run, measure membership inference, gradient leakage and memorisation (privacy_evidence)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     return parser.parse_args(argv)
 
@@ -78,7 +83,7 @@ def with_faults(cfg: SimulateConfig, plan: FaultPlan, *, sites_given: bool) -> S
     return replace(cfg, sim=sim, fl=fl)
 
 
-def run(cfg: SimulateConfig, *, faults: FaultPlan | None = None) -> Path:
+def run(cfg: SimulateConfig, *, faults: FaultPlan | None = None, privacy_report: bool = False) -> Path:
     """Run what ``cfg.baseline`` names; returns the path of its summary (compare: its table, compare.json)."""
     from simulation.baselines import run_central, run_local
     from simulation.compare import run_compare
@@ -96,6 +101,7 @@ def run(cfg: SimulateConfig, *, faults: FaultPlan | None = None) -> Path:
         progress=not cfg.quiet,
         fl_overrides=asdict(cfg.fl),
         faults=faults,
+        privacy_report=privacy_report,
     )
     return simulate(request)
 
@@ -110,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             sites_given = any(o.startswith("sim.sites=") for o in overrides)
             cfg = with_faults(cfg, plan, sites_given=sites_given)
         start = time.perf_counter()
-        result = run(cfg, faults=plan)
+        result = run(cfg, faults=plan, privacy_report=args.privacy_report)
     except (ConfigError, FileExistsError) as err:
         print(f"medim-simulate: {err}", file=sys.stderr)
         return 2

@@ -32,6 +32,7 @@ from server.app import ServerPlan, make_server_app
 from server.evaluation import EvalHook
 from simulation.config import SimConfig
 from simulation.faults import FaultPlan, faulty_client_app
+from simulation.privacy_report import add_privacy_evidence, privacy_evidence
 from simulation.summary import write_outputs
 
 
@@ -46,6 +47,7 @@ class SimRequest:
     progress: bool = True
     fl_overrides: dict[str, Any] = field(default_factory=dict)
     faults: FaultPlan | None = None
+    privacy_report: bool = False
 
 
 def prepare_workspace(sim: SimConfig, out: Path, *, progress: bool) -> Workspace:
@@ -134,6 +136,9 @@ def simulate(request: SimRequest, *, hooks: Sequence[EvalHook] = ()) -> Path:
             num_supernodes=len(sites),
             backend_config=backend,  # type: ignore[arg-type]
         )
-    return write_outputs(
+    summary = write_outputs(
         out, sim=sim, plan=plan, sites=site_configs, wall_seconds=time.perf_counter() - start
     )
+    if request.privacy_report:
+        add_privacy_evidence(summary, privacy_evidence(out, ws, site_configs[sites[0]]))
+    return summary

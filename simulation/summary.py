@@ -41,6 +41,7 @@ from server.app import AUDIT, CHECKPOINTS, SAMPLES, ServerPlan
 from server.audit import verify_chain
 from server.checkpoint import latest_path, load_state
 from simulation.config import SimConfig
+from simulation.privacy_report import evidence_section
 
 SCHEMA = 2
 STATUSES = ("accepted", "rejected", "refused", "failed")
@@ -194,7 +195,7 @@ def build_summary(
 
 
 def _series(points: list[list[float]]) -> Sequence[tuple[float, float]]:
-    return [(float(x), float(y)) for x, y in points]
+    return [(float(x), float(y)) for x, y in points if y is not None]  # null: infinite epsilon (DP off)
 
 
 def _samples_section(page: Page, folder: Path) -> None:
@@ -283,6 +284,8 @@ def render_report(summary: dict[str, Any], path: Path) -> None:
         ],
         ["", ""],
     )
+    if "privacy_evidence" in summary:
+        evidence_section(page, summary["privacy_evidence"])
     _samples_section(page, path.parent / SAMPLES)
     page.write(path)
 

@@ -3,38 +3,22 @@
 import dataclasses
 import json
 import math
-from pathlib import Path
 
 import numpy as np
-import pytest
 from safetensors.numpy import load_file
+from simruns import FED_ROUNDS, tiny_sim
 
 from client.config import load_site_config
 from client.protocol import ARRAYS, METRIC_KEYS, METRICS, TrainInstructions, train_reply
 from client.train import load_model, run_site_round
-from medim.config import load_preset
 from medim.model.lora import apply_lora, trainable_names, trainable_state
 from medim.pipeline import Workspace
 from server.audit import verify_chain
 from server.checkpoint import latest_path
-from simulation.config import SimConfig
 from simulation.run import SimRequest, simulate
 
 SITES = ["hospital-a", "pathlab-c"]
-ROUNDS = 3
-
-
-def tiny_sim(workspace: Path) -> SimConfig:
-    """The tiny preset (2 sites) with DP on and seeded DP noise, on the shared workspace."""
-    return load_preset(SimConfig, "sim", "tiny", workspace=str(workspace), dp_seed=0)
-
-
-@pytest.fixture(scope="module")
-def fed_run(workspace, tmp_path_factory) -> Path:
-    """An uninterrupted run of ``ROUNDS`` rounds; returns its output folder."""
-    out = tmp_path_factory.mktemp("fed-run")
-    simulate(SimRequest(sim=tiny_sim(workspace), out=out, rounds=ROUNDS, progress=False))
-    return out
+ROUNDS = FED_ROUNDS
 
 
 def summary(out):

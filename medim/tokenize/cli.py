@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from medim.config import ConfigError, load_preset, presets
+from medim.metrics.domain import DomainTrainConfig, train_domain_classifier
 from medim.tokenize.taming import load_taming
 from medim.tokenize.vq import META_FILE, load_tokenizer, read_meta
 from medim.tokenize.vq_cache import encode_folder
 from medim.tokenize.vq_config import TokenizerConfig
 from medim.tokenize.vq_data import HELD_OUT, load_images
+from medim.tokenize.vq_findings import round_trip_findings
 from medim.tokenize.vq_report import reconstruction_report
 from medim.tokenize.vq_train import train_tokenizer
 
@@ -61,6 +63,19 @@ def _parser() -> argparse.ArgumentParser:
         "--data", type=Path, action="append", required=True, help="prepared folder (repeatable)"
     )
     report.add_argument("--out", type=Path, help="where to write the report (default: the tokenizer folder)")
+
+    findings = sub.add_parser(
+        "findings",
+        help="are findings recognisable after a round trip? (domain classifier on held-out images)",
+    )
+    findings.add_argument("--tokenizer", type=Path, required=True, help="tokenizer folder")
+    findings.add_argument(
+        "--data", type=Path, action="append", required=True, help="prepared folder (repeatable)"
+    )
+    findings.add_argument(
+        "--classifier-steps", type=int, default=400, help="training steps of each domain classifier"
+    )
+    findings.add_argument("--out", type=Path, help="findings.json path (default: in the tokenizer folder)")
 
     imp = sub.add_parser("import-taming", help="convert a taming/Chameleon VQGAN into a tokenizer folder")
     imp.add_argument("--ckpt", type=Path, required=True, help="vqgan.ckpt (torch file with a state_dict)")
@@ -110,6 +125,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         step = int(read_meta(args.tokenizer)["step"]) if (args.tokenizer / META_FILE).is_file() else 0
         report = reconstruction_report(tokenizer, heldout, args.out or args.tokenizer, step=step)
         return asdict(report)
+    if args.command == "findings":
+        return _findings(args)
     model = load_taming(args.ckpt, args.yaml)
     model.save(args.out, extra={"imported_from": str(args.ckpt)})
     return {
@@ -117,6 +134,21 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         "image_tokens": model.config.image_tokens,
         "codebook_size": model.config.codebook_size,
     }
+
+
+def _findings(args: argparse.Namespace) -> dict[str, Any]:
+    """Round-trip finding agreement per modality present in the held-out images; written to findings.json."""
+    tokenizer = load_tokenizer(args.tokenizer)
+    heldout = load_images(args.data, HELD_OUT, tokenizer.config.resolution)
+    results: dict[str, Any] = {}
+    for modality in sorted(set(heldout.modalities)):
+        config = DomainTrainConfig(modality=modality, steps=args.classifier_steps, image_size=64)
+        trained = train_domain_classifier(config)
+        found = round_trip_findings(tokenizer, heldout, trained.classifier)
+        results[modality] = asdict(found) | {"classifier_accuracy_on_fresh_draws": trained.accuracy}
+    out = args.out or args.tokenizer / "findings.json"
+    out.write_text(json.dumps(results, indent=2))
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:

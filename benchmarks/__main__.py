@@ -22,7 +22,17 @@ from benchmarks import figures
 from benchmarks.machine import describe, matmul_flops, memory_bandwidth
 from benchmarks.train_throughput import measure
 
-SECTIONS = ("mfu", "dp", "upload", "transport", "sampling", "memory", "seq_scaling", "federation")
+SECTIONS = (
+    "mfu",
+    "dp",
+    "upload",
+    "transport",
+    "sampling",
+    "memory",
+    "seq_scaling",
+    "federation",
+    "tokenizer",
+)
 TARGETS = {
     "mfu": (">=", 0.30),
     "dp_overhead": ("<=", 1.3),
@@ -87,6 +97,8 @@ def run_suite(
             fed_preset, site_counts=counts, rounds=1 if quick else 2, workspace=workspace
         )
         figs["federation_overhead"] = out["federation"]["overhead"]
+    if "tokenizer" in sections:
+        out["tokenizer"] = figures.tokenizer_training(("small-f8", "small"), steps=2 if quick else 5)
     result["figures"] = figs
     result["targets"] = {k: f"{op} {v}" for k, (op, v) in TARGETS.items()}
     result["machine"]["load_average_end"] = describe()["load_average"]

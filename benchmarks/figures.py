@@ -200,3 +200,37 @@ def federation(preset: str, *, site_counts: tuple[int, ...], rounds: int, worksp
     from benchmarks.federation import federation_overhead
 
     return federation_overhead(preset, site_counts=site_counts, rounds=rounds, workspace=workspace)
+
+
+def tokenizer_training(presets: tuple[str, ...], *, steps: int) -> dict[str, Any]:
+    """Seconds per training step of each image tokenizer preset (random 64x64 images, the preset's batch and
+    dtype), and the projected minutes for the preset's full ``train.steps``."""
+    from medim.config import load_preset
+    from medim.tokenize.vq import VQTokenizer
+    from medim.tokenize.vq_config import TokenizerConfig
+    from medim.tokenize.vq_data import ImageSet
+    from medim.tokenize.vq_train import _train_step
+
+    out: dict[str, Any] = {}
+    for name in presets:
+        config = load_preset(TokenizerConfig, "tokenizer", name)
+        res = config.resolution
+        g = torch.Generator().manual_seed(0)
+        pixels = torch.randint(0, 256, (64, 3, res, res), dtype=torch.uint8, generator=g)
+        images = ImageSet(ids=[str(i) for i in range(64)], modalities=["cxr"] * 64, pixels=pixels)
+        model = VQTokenizer(config).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr)
+        usage = torch.zeros(config.codebook_size, dtype=torch.float64)
+        _train_step(model, optimizer, images, usage, config, 0)
+        start = time.perf_counter()
+        for step in range(1, steps + 1):
+            _train_step(model, optimizer, images, usage, config, step)
+        per_step = (time.perf_counter() - start) / steps
+        out[name] = {
+            "seconds_per_step": per_step,
+            "preset_steps": config.train.steps,
+            "projected_minutes": per_step * config.train.steps / 60,
+            "batch_size": config.train.batch_size,
+            "image_tokens": config.image_tokens,
+        }
+    return out

@@ -1,14 +1,10 @@
 """The paper-experiment runners (experiments/) end to end on the tiny preset with very few steps."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-# experiments/ lives at the repository root and is not part of the installed `medim` distribution
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from experiments import downstream, evaluation
 from experiments.ablation import VARIANTS, pick_variants

@@ -130,8 +130,9 @@ def curves(rounds: list[dict[str, Any]]) -> dict[str, Any]:
                 if isinstance(value, float) and key not in ("loss", "n", "samples"):
                     metric.setdefault(name, {}).setdefault(key, []).append([r["round"], value])
         for site, outcome in r["sites"].items():
-            if "epsilon" in outcome.get("metrics", {}):
-                privacy.setdefault(site, []).append([r["round"], outcome["metrics"]["epsilon"]])
+            epsilon = outcome.get("metrics", {}).get("epsilon")
+            if isinstance(epsilon, float) and math.isfinite(epsilon):  # DP off: infinite, no curve
+                privacy.setdefault(site, []).append([r["round"], epsilon])
     return {"eval_curves": loss, "metric_curves": metric, "privacy_curves": privacy}
 
 
@@ -195,7 +196,7 @@ def build_summary(
 
 
 def _series(points: list[list[float]]) -> Sequence[tuple[float, float]]:
-    return [(float(x), float(y)) for x, y in points if y is not None]  # null: infinite epsilon (DP off)
+    return [(float(x), float(y)) for x, y in points if y is not None]
 
 
 def _samples_section(page: Page, folder: Path) -> None:

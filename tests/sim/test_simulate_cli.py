@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ def smoke_run(workspace, tmp_path_factory) -> Path:
         f"hydra.run.dir={out}",
         f"sim.workspace={workspace}",
     ]
-    done = subprocess.run([*cmd, "quiet=true"], capture_output=True, text=True, timeout=600)
+    done = subprocess.run([*cmd, "quiet=true"], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 
@@ -75,10 +76,13 @@ def test_bad_override_exits_2_naming_the_setting(capsys):
     assert "baseline" in capsys.readouterr().err
 
 
-def test_compare_writes_the_table(workspace, tmp_path):
+def test_compare_writes_the_table(smoke_run, workspace, tmp_path):
+    """The smoke run is a federated-dp run of the same settings: compare re-uses it and runs the other three."""
     out = tmp_path / "cmp"
-    args = ["compare", "sim=smoke", f"hydra.run.dir={out}", f"sim.workspace={workspace}", "fl.rounds=1"]
-    assert main([*args, "quiet=true", "fl.generation.domain_fid=false"]) == 0
+    (out / "federated-dp").mkdir(parents=True)
+    shutil.copy(smoke_run / "summary.json", out / "federated-dp" / "summary.json")
+    args = ["compare", "sim=smoke", f"hydra.run.dir={out}", f"sim.workspace={workspace}", "quiet=true"]
+    assert main(args) == 0
     table = json.loads((out / "compare.json").read_text())
     models = [r["model"] for r in table["rows"]]
     assert models == ["central", "local hospital-a", "local pathlab-c", "federated", "federated-dp"]
@@ -86,10 +90,14 @@ def test_compare_writes_the_table(workspace, tmp_path):
     for row in table["rows"]:
         assert set(row["loss"]) == SETS and set(row["label_f1"]) == SETS
         assert all(math.isfinite(v) for v in row["loss"].values())
+        assert all(0 <= v <= 1 for v in row["label_f1"].values())
     eps = {r["model"]: r["epsilon"] for r in table["rows"]}
     assert eps["federated"] is None and eps["central"] is None and eps["federated-dp"] > 0
     assert (out / "compare.md").read_text().startswith("| model |")
     local = json.loads((out / "local" / "summary.json").read_text())
-    assert local["models"]["hospital-a"]["steps"] == 3
+    assert local["models"]["hospital-a"]["steps"] == 6  # 2 rounds x 3 local steps
     central = json.loads((out / "central" / "summary.json").read_text())
-    assert central["models"]["central"]["steps"] == 6
+    assert central["models"]["central"]["steps"] == 12 and central["models"]["central"]["trained_on"] == [
+        "hospital-a",
+        "pathlab-c",
+    ]

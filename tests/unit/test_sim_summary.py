@@ -32,7 +32,11 @@ RECORDS = [
     },
     {
         "round": 2,
-        "sites": [_site("a", "accepted", 30, 4.0, 1.5, 30), _site("b", "refused", 0, 0.0, 2.0)],
+        "sites": [
+            _site("a", "accepted", 30, 4.0, 1.5, 30),
+            _site("b", "refused", 0, 0.0, 2.0),
+            _site("c", "accepted", 10, 4.0, float("inf"), 10),  # DP off: no privacy curve
+        ],
         "eval": None,
     },
 ]

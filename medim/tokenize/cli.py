@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from medim.config import ConfigError, load_preset, presets
-from medim.metrics.domain import DomainTrainConfig, train_domain_classifier
+from medim.metrics.domain import DomainTrainConfig, load_domain_classifier, train_domain_classifier
 from medim.tokenize.taming import load_taming
 from medim.tokenize.vq import META_FILE, load_tokenizer, read_meta
 from medim.tokenize.vq_cache import encode_folder
@@ -74,6 +74,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     findings.add_argument(
         "--classifier-steps", type=int, default=400, help="training steps of each domain classifier"
+    )
+    findings.add_argument(
+        "--classifier",
+        type=Path,
+        action="append",
+        default=[],
+        help="a saved domain classifier (.safetensors, repeatable); modalities without one get one trained",
     )
     findings.add_argument("--out", type=Path, help="findings.json path (default: in the tokenizer folder)")
 
@@ -140,12 +147,23 @@ def _findings(args: argparse.Namespace) -> dict[str, Any]:
     """Round-trip finding agreement per modality present in the held-out images; written to findings.json."""
     tokenizer = load_tokenizer(args.tokenizer)
     heldout = load_images(args.data, HELD_OUT, tokenizer.config.resolution)
+    given = {
+        c.spec.modality: (c, str(path)) for path in args.classifier for c in [load_domain_classifier(path)]
+    }
     results: dict[str, Any] = {}
     for modality in sorted(set(heldout.modalities)):
-        config = DomainTrainConfig(modality=modality, steps=args.classifier_steps, image_size=64)
-        trained = train_domain_classifier(config)
-        found = round_trip_findings(tokenizer, heldout, trained.classifier)
-        results[modality] = asdict(found) | {"classifier_accuracy_on_fresh_draws": trained.accuracy}
+        if modality in given:
+            classifier, source = given[modality]
+        else:
+            config = DomainTrainConfig(modality=modality, steps=args.classifier_steps, image_size=64)
+            trained = train_domain_classifier(config)
+            classifier, source = (
+                trained.classifier,
+                f"trained {config.steps} steps, accuracy {trained.accuracy:.3f}",
+            )
+        results[modality] = asdict(round_trip_findings(tokenizer, heldout, classifier)) | {
+            "classifier": source
+        }
     out = args.out or args.tokenizer / "findings.json"
     out.write_text(json.dumps(results, indent=2))
     return results

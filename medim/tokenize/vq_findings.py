@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from medim.data.findings import CXR_FINDINGS
 from medim.metrics.clinical import finding_accuracy
 from medim.metrics.domain import DomainClassifier
 from medim.tokenize.vq import VQTokenizer, to_modality
@@ -57,7 +58,8 @@ def round_trip_findings(
     originals = to_modality(subset.pixels.float() / 255.0, modality)
     before = classifier.predict(originals)
     after = classifier.predict(reconstruct(tokenizer, subset.pixels, modality))
-    agreement = finding_accuracy(before, after, classifier.spec.classes)
+    labels = CXR_FINDINGS if modality == "cxr" else classifier.spec.classes  # CXR predictions add no_finding
+    agreement = finding_accuracy(before, after, labels)
     return RoundTripFindings(
         modality=modality,
         n=len(subset),

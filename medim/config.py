@@ -209,12 +209,17 @@ class DiffusionConfig:
 
 @dataclass
 class SamplerConfig:
-    """MaskGIT sampling: arccos commit schedule, Gumbel confidence, classifier-free guidance w*(1-t)."""
+    """MaskGIT sampling: arccos commit schedule, Gumbel confidence, classifier-free guidance w*(1-t).
+
+    ``autocast_bf16``: run the network under bf16 autocast (as training does); the guidance mix, the candidate
+    draws and the confidences stay fp32.
+    """
 
     steps: int = 16
     cfg: float = 5.0
     temperature: float = 1.0
     confidence_noise: float = 10.0
+    autocast_bf16: bool = True
 
     def __post_init__(self) -> None:
         check_positive("sampler.steps", self.steps)

@@ -130,6 +130,23 @@ class MeDiM(nn.Module):
         logits = torch.cat([self.backbone.get_output_embeddings()(h), self.new_head(h)], dim=-1)
         return logits.float().masked_fill(~self.allowed, float("-inf"))
 
+    def image_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden states [..., H] of image positions -> logits [..., codebook_size] over the image codes only
+        (column k is id ``vocab.image_offset + k``): the allowed columns of :meth:`forward` at image positions."""
+        return F.linear(h, self.new_head.weight[N_SPECIALS:])
+
+    def text_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden states [..., H] of text positions -> logits [..., text_size + 2] over the text ids, then
+        ``<eos>``, ``<pad>`` (:meth:`text_region_ids`): the allowed columns of :meth:`forward` at text positions."""
+        n_text = self.vocab.text_size
+        eos_pad = self.new_head.weight[self.vocab.eos - n_text : self.vocab.pad - n_text + 1]
+        return torch.cat([self.backbone.get_output_embeddings()(h), F.linear(h, eos_pad)], dim=-1)
+
+    def text_region_ids(self) -> torch.Tensor:
+        """LongTensor [text_size + 2]: the vocabulary id of each column of :meth:`text_logits`."""
+        vocab = self.vocab
+        return torch.cat([torch.arange(vocab.text_size), torch.tensor([vocab.eos, vocab.pad])])
+
     def per_sample_hooks_attached(self) -> bool:
         """True while Opacus' per-sample-gradient hooks are on this module (:func:`medim.privacy_sgd.privatize`)."""
         return hasattr(self, "autograd_grad_sample_hooks")

@@ -92,7 +92,13 @@ def test_pairs_write_images_jsonl_and_run_record(dirs, tmp_path):
     for row in rows:
         assert set(row) >= {"id", "task", "inputs", "report", "image", "seed", "sampler", "generated"}
         assert row["task"] == "pairs" and row["generated"] == ["image", "report"]
-        assert row["sampler"] == {"steps": 3, "cfg": 2.0, "temperature": 1.0, "confidence_noise": 10.0}
+        assert row["sampler"] == {
+            "steps": 3,
+            "cfg": 2.0,
+            "temperature": 1.0,
+            "confidence_noise": 10.0,
+            "autocast_bf16": True,
+        }
         with Image.open(out / row["image"]) as png:
             assert png.mode == "L" and png.size == (32, 32)
     assert [r["inputs"]["prompt"] for r in rows] == ["the heart is"] * 2 + ["no effusion"] * 2

@@ -50,13 +50,19 @@ def run_suite(
     sections: tuple[str, ...] = SECTIONS,
     fed_preset: str = "tiny",
     workspace: Path = Path("runs/bench-workspace"),
+    transport: str | None = None,
 ) -> dict[str, Any]:
-    """Run the chosen sections; returns the JSON-able result (see the module docstring)."""
+    """Run the chosen sections; returns the JSON-able result (see the module docstring). ``transport`` (default:
+    the ``fl`` preset named like ``preset``'s ``fl.transport``) is the one ``upload_fraction`` reports."""
     torch.set_num_threads(1)
+    transport = transport or configured_transport(preset)
     start = time.perf_counter()
     result: dict[str, Any] = {
-        "command": "python -m benchmarks" + (" --quick" if quick else "") + f" --preset {preset}",
+        "command": "python -m benchmarks"
+        + (" --quick" if quick else "")
+        + f" --preset {preset} --transport {transport}",
         "preset": preset,
+        "transport": transport,
         "quick": quick,
         "machine": describe(),
         "ceilings": {
@@ -77,11 +83,11 @@ def run_suite(
         out["dp"] = figures.dp_overhead(preset, steps=steps, modes=modes)
         figs["dp_overhead"] = out["dp"]["ratio"]["hooks"]
     if "upload" in sections:
-        out["upload"] = figures.upload(preset)
-        figs["upload_fraction"] = out["upload"]["sets"]["lora+adaln_offsets"]["float32"]["fraction"]
+        out["upload"] = figures.upload(preset, transport=transport)
+        figs["upload_fraction"] = out["upload"]["sets"]["lora+adaln_offsets"][transport]["fraction"]
     if "transport" in sections:
         out["transport"] = figures.transport_quality(
-            "tiny" if quick else preset, rounds=2 if quick else 4, sites=2, steps=4 if quick else 15
+            fed_preset, rounds=2 if quick else 4, workspace=workspace, local_steps=None if quick else 15
         )
     if "sampling" in sections:
         out["sampling"] = figures.sampling_speed(preset, batch=2 if quick else 4, repeats=1 if quick else 3)
@@ -92,10 +98,10 @@ def run_suite(
     if "seq_scaling" in sections:
         out["seq_scaling"] = figures.seq_scaling(preset, steps=1 if quick else 3)
     if "federation" in sections:
-        counts = (2,) if quick else (2, 4)
-        out["federation"] = figures.federation(
-            fed_preset, site_counts=counts, rounds=1 if quick else 2, workspace=workspace
+        runs = (
+            (("serial", 2),) if quick else (("serial", 2), ("parallel", 2), ("parallel", 4), ("parallel", 8))
         )
+        out["federation"] = figures.federation(fed_preset, runs=runs, rounds=3, workspace=workspace)
         figs["federation_overhead"] = out["federation"]["overhead"]
     if "tokenizer" in sections:
         out["tokenizer"] = figures.tokenizer_training(("small-f8", "small"), steps=2 if quick else 5)
@@ -104,6 +110,17 @@ def run_suite(
     result["machine"]["load_average_end"] = describe()["load_average"]
     result["seconds"] = time.perf_counter() - start
     return result
+
+
+def configured_transport(preset: str) -> str:
+    """``fl.transport`` of the fl preset called ``preset`` (float32 when there is none)."""
+    from medim.config import ConfigError, load_preset
+    from server.config import FLConfig
+
+    try:
+        return load_preset(FLConfig, "fl", preset).transport
+    except ConfigError:
+        return "float32"
 
 
 def table(result: dict[str, Any]) -> str:
@@ -116,7 +133,8 @@ def table(result: dict[str, Any]) -> str:
             if value is None
             else ("met" if (value >= target if op == ">=" else value <= target) else "NOT met")
         )
-        lines.append(f"{name:<22}{shown:>10}  {op} {target} {met}")
+        note = f" ({result.get('transport')} transport)" if name == "upload_fraction" else ""
+        lines.append(f"{name:<22}{shown:>10}  {op} {target} {met}{note}")
     c, m = result["ceilings"], result["machine"]
     lines.append(
         f"ceilings (1 thread): bf16 {c['bf16_matmul_flops'] / 1e9:.0f} GFLOP/s, fp32 "
@@ -138,12 +156,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workspace", type=Path, default=Path("runs/bench-workspace"), help="cached tiny workspace"
     )
+    parser.add_argument(
+        "--transport",
+        choices=("float32", "bfloat16", "float16"),
+        help="transport dtype upload_fraction reports (default: the fl preset's fl.transport)",
+    )
     args = parser.parse_args(argv)
     chosen = tuple(s for s in args.sections.split(",") if s)
     unknown = sorted(set(chosen) - set(SECTIONS))
     if unknown:
         parser.error(f"--sections: unknown {unknown}; allowed {', '.join(SECTIONS)}")
-    result = run_suite(preset=args.preset, quick=args.quick, sections=chosen, workspace=args.workspace)
+    result = run_suite(
+        preset=args.preset,
+        quick=args.quick,
+        sections=chosen,
+        workspace=args.workspace,
+        transport=args.transport,
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str))
     print(table(result))

@@ -17,13 +17,10 @@ import torch
 import medim
 from benchmarks.dp_modes import make_step
 from benchmarks.train_throughput import measure
-from medim.config import DiffusionConfig, SamplerConfig, TrainConfig
-from medim.evaluate import heldout_loss
-from medim.model.lora import load_trainable_state, trainable_state
-from medim.model.medim import MeDiM
-from medim.model.transport import decode_state, encode_state, state_nbytes
+from medim.config import SamplerConfig
+from medim.model.lora import trainable_state
+from medim.model.transport import encode_state, state_nbytes
 from medim.sampling import joint_prompt, sample
-from medim.train import train_local
 
 
 def dp_overhead(preset: str, *, steps: int, modes: tuple[str, ...], batch: int = 16) -> dict[str, Any]:
@@ -52,66 +49,84 @@ TRAINABLE_SETS: dict[str, dict[str, Any]] = {
 }
 
 
-def upload(preset: str) -> dict[str, Any]:
-    """Bytes a site uploads per round (its trainable state) / bytes of the full base model (fp32)."""
+def upload(preset: str, *, transport: str = "float32") -> dict[str, Any]:
+    """Bytes a site uploads per round / bytes of the full base model (fp32), per trainable set and transport.
+
+    ``bytes`` is what the protocol puts in the reply (:func:`client.protocol.state_to_record`, Flower's
+    ``ArrayRecord.count_bytes``: payload plus the .npy framing, what ``bytes_up`` counts), ``payload_bytes`` the
+    tensors alone. ``transport`` is the configured one (``fl.transport``) that the figure reports."""
+    from client.protocol import TRANSPORTS, state_to_record
+
     full = state_nbytes(medim.build_model(preset, seed=0).state_dict())
-    out: dict[str, Any] = {"full_model_bytes": full, "sets": {}}
+    out: dict[str, Any] = {"full_model_bytes": full, "transport": transport, "sets": {}}
     for name, overrides in TRAINABLE_SETS.items():
         state = trainable_state(medim.build_model(preset, seed=0, lora=True, **overrides))
         row: dict[str, Any] = {"parameters": sum(v.numel() for v in state.values())}
-        for dtype in ("float32", "bfloat16"):
-            nbytes = state_nbytes(encode_state(state, dtype))
-            row[dtype] = {"bytes": nbytes, "fraction": nbytes / full}
+        for dtype in TRANSPORTS:
+            nbytes = state_to_record(state, dtype).count_bytes()
+            row[dtype] = {
+                "bytes": nbytes,
+                "payload_bytes": state_nbytes(encode_state(state, dtype)),
+                "fraction": nbytes / full,
+            }
         out["sets"][name] = row
     return out
 
 
-def _learnable(model: MeDiM, n: int, seed: int) -> torch.Tensor:
-    """x0 [n, L] whose report is a function of the image (so the loss can fall)."""
-    vocab = model.vocab
-    g = torch.Generator().manual_seed(seed)
-    rows = []
-    for _ in range(n):
-        k = int(torch.randint(0, 8, (1,), generator=g))
-        codes = (torch.arange(vocab.image_tokens) * (k + 1) + k) % vocab.codebook_size
-        rows.append(vocab.sequence(codes, [20 + k, 30 + k, 40 + k, 50]))
-    return torch.stack(rows)
+def transport_quality(
+    preset: str, *, rounds: int, workspace: Path, local_steps: int | None = None, dp: str = "off"
+) -> dict[str, Any]:
+    """Held-out loss after ``rounds`` federated rounds with fp32 vs bf16 transport (``fl.transport``), side by
+    side: two Flower simulations of the ``preset`` sim (its sites and seeds, generation metrics off, privacy
+    preset ``dp`` with seeded noise), i.e. the real protocol path (16-bit encoding both ways, Ray messages,
+    validation of the 16-bit wire, fp32 aggregation). Also each run's measured ``bytes_up`` per round."""
+    from dataclasses import replace
 
+    from medim.config import load_preset
+    from simulation.config import SimConfig
+    from simulation.run import SimRequest, simulate
 
-def transport_quality(preset: str, *, rounds: int, sites: int, steps: int) -> dict[str, Any]:
-    """FedAvg (in process, no DP) with fp32 vs bf16 transport of the site updates: held-out loss after ``rounds``."""
-    torch.set_num_threads(1)
-    base = medim.build_model(preset, seed=0, lora=True, site_trains=["lora", "adaln_offsets"])
-    data = [_learnable(base, 32, seed=10 + s) for s in range(sites)]
-    heldout = _learnable(base, 32, seed=99)
-    diffusion = DiffusionConfig()
-    start_state = trainable_state(base)
-    losses = {}
-    for dtype in ("float32", "bfloat16"):
-        model = medim.build_model(preset, seed=0, lora=True, site_trains=["lora", "adaln_offsets"])
-        load_trainable_state(model, start_state)
-        global_state = {k: v.clone() for k, v in start_state.items()}
-        for r in range(rounds):
-            updates = []
-            for s, x0 in enumerate(data):
-                load_trainable_state(model, global_state)
-                train = TrainConfig(steps=steps, batch_size=8, lr=3e-3, warmup_steps=1, seed=100 * r + s)
-                train_local(model, x0, diffusion=diffusion, train=train, progress=False)
-                updates.append(decode_state(encode_state(trainable_state(model), dtype), start_state))
-            global_state = {k: torch.stack([u[k] for u in updates]).mean(0) for k in global_state}
-        load_trainable_state(model, global_state)
-        loss = heldout_loss(model, heldout, diffusion=diffusion, t_grid=(0.25, 0.5, 0.75), seed=0)
-        losses[dtype] = loss.loss
-    first = medim.build_model(preset, seed=0, lora=True, site_trains=["lora", "adaln_offsets"])
-    initial = heldout_loss(first, heldout, diffusion=diffusion, t_grid=(0.25, 0.5, 0.75), seed=0).loss
+    sim = load_preset(SimConfig, "sim", preset, workspace=str(workspace), dp=dp, dp_seed=0)
+    runs: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for transport in ("float32", "bfloat16"):
+            overrides: dict[str, Any] = {"transport": transport, "generation": {"every": 0}}
+            if local_steps:
+                overrides["local_steps"] = local_steps
+            budget = dict.fromkeys(
+                sim.sites, 1e6
+            )  # every round trains (the tiny sites' default budget is 1 round)
+            request = SimRequest(
+                sim=replace(sim, site_epsilon=budget),
+                out=Path(tmp) / transport,
+                rounds=rounds,
+                progress=False,
+                fl_overrides=overrides,
+            )
+            summary = json.loads(simulate(request).read_text())
+            first, last = summary["rounds"][0]["eval"], summary["rounds"][-1]["eval"]
+            runs[transport] = {
+                "initial_loss": {m: v["loss"] for m, v in first.items()},
+                "heldout_loss": {m: v["loss"] for m, v in last.items()},
+                "bytes_up_per_round": [r["bytes_up"] for r in summary["rounds"][1:]],
+                "accepted_per_round": [len(r["accepted"]) for r in summary["rounds"][1:]],
+                "trainable_bytes": summary["trainable_bytes"],
+            }
+    fp32, bf16 = runs["float32"], runs["bfloat16"]
+    sets = sorted(fp32["heldout_loss"])
+    gap = {m: abs(bf16["heldout_loss"][m] - fp32["heldout_loss"][m]) for m in sets}
     return {
         "preset": preset,
+        "dp": dp,
         "rounds": rounds,
-        "sites": sites,
-        "local_steps": steps,
-        "initial_heldout_loss": initial,
-        "heldout_loss": losses,
-        "relative_difference": abs(losses["bfloat16"] - losses["float32"]) / losses["float32"],
+        "local_steps": local_steps,
+        "sites": list(sim.sites),
+        "runs": runs,
+        "relative_difference": {m: gap[m] / fp32["heldout_loss"][m] for m in sets},
+        "difference_over_training_change": {
+            m: gap[m] / max(abs(fp32["initial_loss"][m] - fp32["heldout_loss"][m]), 1e-12) for m in sets
+        },
+        "bytes_up_ratio": sum(bf16["bytes_up_per_round"]) / max(sum(fp32["bytes_up_per_round"]), 1),
     }
 
 
@@ -195,11 +210,14 @@ def seq_scaling(preset: str, *, steps: int) -> dict[str, Any]:
     return {"rows": rows, "time_ratio_2x_len": rows[1]["seconds_per_step"] / rows[0]["seconds_per_step"]}
 
 
-def federation(preset: str, *, site_counts: tuple[int, ...], rounds: int, workspace: Path) -> dict[str, Any]:
-    """Flower simulation (Ray) round wall time vs the same sites' rounds run alone in this process."""
+def federation(
+    preset: str, *, runs: tuple[tuple[str, int], ...], rounds: int, workspace: Path
+) -> dict[str, Any]:
+    """Flower simulation (Ray) round period vs the same sites' rounds and evaluation run alone in this process,
+    for each (mode, site count) of ``runs`` (see :mod:`benchmarks.federation`)."""
     from benchmarks.federation import federation_overhead
 
-    return federation_overhead(preset, site_counts=site_counts, rounds=rounds, workspace=workspace)
+    return federation_overhead(preset, runs=runs, rounds=rounds, workspace=workspace)
 
 
 def tokenizer_training(presets: tuple[str, ...], *, steps: int) -> dict[str, Any]:

@@ -34,13 +34,20 @@ def site_config_path(context: Context, defaults: Mapping[str, Scalar]) -> Path:
 
 
 def handle_train(msg: Message, site: SiteConfig) -> Message:
-    """Train on the received state for the instructed round; reply with the update and aggregate metrics."""
+    """Train on the received state (decoded to float32) for the instructed round; reply with the update in the
+    instructed transport dtype and aggregate metrics."""
     config = msg.content[CONFIG]
     assert isinstance(config, ConfigRecord)
     instructions = TrainInstructions.from_record(config)
-    state = record_to_state(msg.content.array_records[ARRAYS])
+    state = record_to_state(msg.content.array_records[ARRAYS], instructions.transport)
     result = run_site_round(site, instructions, state)
-    content = train_reply(site=site.name, state=result.state, metrics=result.metrics, reason=result.reason)
+    content = train_reply(
+        site=site.name,
+        state=result.state,
+        metrics=result.metrics,
+        reason=result.reason,
+        transport=instructions.transport,
+    )
     return Message(content, reply_to=msg)
 
 

@@ -1,17 +1,24 @@
 """What travels between the coordinator and a site, in Flower records (the one place both sides agree on).
 
 Train message (coordinator -> site), a ``RecordDict``:
-    ``arrays``  ArrayRecord: the global trainable state (keys = the trainable set).
+    ``arrays``  ArrayRecord: the global trainable state (keys = the trainable set), in the transport dtype.
     ``config``  ConfigRecord: ``server-round``, ``local-steps``, ``lr``, ``batch-size``, ``warmup-steps``,
-                ``seed``, ``proximal-mu``. Only these keys are read (:class:`TrainInstructions`); anything
-                else, e.g. a privacy setting, is ignored: a site's privacy settings are its own.
+                ``seed``, ``proximal-mu``, ``transport``. Only these keys are read (:class:`TrainInstructions`);
+                anything else, e.g. a privacy setting, is ignored: a site's privacy settings are its own.
 
 Train reply (site -> coordinator):
-    ``arrays``  ArrayRecord: the site's trainable state after local training; absent when the site refused.
+    ``arrays``  ArrayRecord: the site's trainable state after local training, in the transport dtype the
+                train message named; absent when the site refused.
     ``metrics`` MetricRecord: only the aggregate scalars in :data:`METRIC_KEYS` (plus ``loss-<modality>``).
     ``site``    ConfigRecord: ``name`` (the site's name) and ``reason`` (why it refused, else "").
 
 Query message (roll call): the reply's ``site`` record names the site behind a node.
+
+Transport (``fl.transport``): the floating tensors of both ``arrays`` records travel as ``float32`` (default),
+``float16`` or ``bfloat16`` (half the bytes; round-trip error in :mod:`medim.model.transport`). Arrays are numpy
+``.npy`` payloads (Flower's ``Array``); numpy has no bfloat16, so bfloat16 travels as its raw 16-bit patterns, a
+``uint16`` array (:data:`WIRE_DTYPES`). Both sides decode to float32 at once: sites train in float32, the
+coordinator validates and aggregates float32.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from medim.model.transport import TRANSPORT_DTYPES, encode_state
 
 ARRAYS, CONFIG, METRICS, SITE = "arrays", "config", "metrics", "site"
 NUM_EXAMPLES = "num-examples"
@@ -39,6 +48,12 @@ METRIC_KEYS = frozenset(
     }
 )
 MODALITY_LOSS_PREFIX = "loss-"
+TRANSPORTS = tuple(TRANSPORT_DTYPES)
+WIRE_DTYPES: dict[str, np.dtype] = {
+    "float32": np.dtype(np.float32),
+    "float16": np.dtype(np.float16),
+    "bfloat16": np.dtype(np.uint16),  # the bfloat16 bit patterns
+}
 
 
 @dataclass(frozen=True)
@@ -52,6 +67,10 @@ class TrainInstructions:
     warmup_steps: int
     seed: int
     proximal_mu: float = 0.0
+    transport: str = "float32"
+
+    def __post_init__(self) -> None:
+        check_transport(self.transport)
 
     def to_record(self) -> ConfigRecord:
         return ConfigRecord(
@@ -63,6 +82,7 @@ class TrainInstructions:
                 "warmup-steps": self.warmup_steps,
                 "seed": self.seed,
                 "proximal-mu": self.proximal_mu,
+                "transport": self.transport,
             }
         )
 
@@ -78,6 +98,7 @@ class TrainInstructions:
                 warmup_steps=int(_scalar(record["warmup-steps"])),
                 seed=int(_scalar(record["seed"])),
                 proximal_mu=float(_scalar(record.get("proximal-mu", 0.0))),
+                transport=str(record.get("transport", "float32")),
             )
         except KeyError as err:
             raise KeyError(f"train config lacks {err.args[0]!r}") from None
@@ -89,25 +110,69 @@ def _scalar(value: object) -> int | float:
     return value
 
 
-def state_to_record(state: dict[str, torch.Tensor]) -> ArrayRecord:
-    """Trainable state -> ArrayRecord (numpy serialisation, keys kept in order)."""
-    return ArrayRecord({k: Array(v.detach().cpu().contiguous().numpy()) for k, v in state.items()})
+def check_transport(transport: str) -> None:
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport {transport!r} is invalid: allowed {', '.join(TRANSPORTS)}")
 
 
-def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """ArrayRecord -> numpy arrays (``np.load`` with ``allow_pickle=False`` inside Flower's ``Array.numpy``)."""
-    return {k: v.numpy() for k, v in record.items()}
+def wire_dtype(dtype: np.dtype, transport: str) -> np.dtype:
+    """The numpy dtype on the wire of a tensor kept as ``dtype``: floating tensors travel in the transport's."""
+    return WIRE_DTYPES[transport] if np.issubdtype(dtype, np.floating) else np.dtype(dtype)
 
 
-def record_to_state(record: ArrayRecord) -> dict[str, torch.Tensor]:
-    """ArrayRecord -> trainable state (writable copies)."""
-    return {k: torch.from_numpy(np.array(v, copy=True)) for k, v in record_to_arrays(record).items()}
+def _to_wire(value: torch.Tensor) -> np.ndarray:
+    value = value.detach().cpu().contiguous()
+    if value.dtype == torch.bfloat16:
+        return value.view(torch.int16).numpy().view(np.uint16)
+    return value.numpy()
+
+
+def from_wire(value: np.ndarray, transport: str) -> np.ndarray:
+    """A received array in float32 (floating transports) or unchanged; bfloat16 bits are widened exactly."""
+    check_transport(transport)
+    if value.dtype == WIRE_DTYPES[transport]:
+        if transport == "bfloat16":
+            return (value.astype(np.uint32) << 16).view(np.float32)
+        return value.astype(np.float32, copy=False)
+    return value
+
+
+def state_to_record(state: dict[str, torch.Tensor], transport: str = "float32") -> ArrayRecord:
+    """Trainable state -> ArrayRecord in ``transport`` (numpy serialisation, keys kept in order)."""
+    encoded = encode_state(state, transport)
+    return ArrayRecord({k: Array(_to_wire(v)) for k, v in encoded.items()})
+
+
+def arrays_to_record(arrays: dict[str, np.ndarray], transport: str = "float32") -> ArrayRecord:
+    """The coordinator's numpy state -> ArrayRecord in ``transport``."""
+    return state_to_record(
+        {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}, transport
+    )
+
+
+def record_to_arrays(record: ArrayRecord, transport: str = "float32") -> dict[str, np.ndarray]:
+    """ArrayRecord -> numpy arrays decoded from ``transport`` (``np.load`` with ``allow_pickle=False`` inside
+    Flower's ``Array.numpy``)."""
+    return {k: from_wire(v.numpy(), transport) for k, v in record.items()}
+
+
+def record_to_state(record: ArrayRecord, transport: str = "float32") -> dict[str, torch.Tensor]:
+    """ArrayRecord -> trainable state (writable float32 copies)."""
+    return {
+        k: torch.from_numpy(np.array(v, copy=True)) for k, v in record_to_arrays(record, transport).items()
+    }
 
 
 def train_reply(
-    *, site: str, state: dict[str, torch.Tensor] | None, metrics: dict[str, int | float], reason: str = ""
+    *,
+    site: str,
+    state: dict[str, torch.Tensor] | None,
+    metrics: dict[str, int | float],
+    reason: str = "",
+    transport: str = "float32",
 ) -> RecordDict:
-    """The reply content of a train message: the update (None when refused), metrics and the site record."""
+    """The reply content of a train message: the update (None when refused) in ``transport``, metrics and the
+    site record."""
     unknown = sorted(k for k in metrics if k not in METRIC_KEYS and not k.startswith(MODALITY_LOSS_PREFIX))
     if unknown:
         raise ValueError(f"metrics {unknown} may not leave a site: allowed {sorted(METRIC_KEYS)}")
@@ -118,7 +183,7 @@ def train_reply(
         }
     )
     if state is not None:
-        content[ARRAYS] = state_to_record(state)
+        content[ARRAYS] = state_to_record(state, transport)
     return content
 
 

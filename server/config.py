@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from medim.config import check, check_choice, check_positive, check_unit
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedtrimmedavg", "fedmedian", "krum")
+TRANSPORTS = ("float32", "bfloat16", "float16")  # client.protocol.TRANSPORTS
 
 
 @dataclass
@@ -57,7 +58,11 @@ class GenerationConfig:
 
 @dataclass
 class FLConfig:
-    """One federated run: strategy, rounds, sampling, the per-round site task, evaluation and validation."""
+    """One federated run: strategy, rounds, sampling, the per-round site task, evaluation and validation.
+
+    ``transport`` is the dtype the trainable tensors travel in, both ways (``bfloat16``/``float16`` halve the
+    bytes; :mod:`client.protocol`); the coordinator validates, aggregates and keeps float32.
+    """
 
     strategy: str = "fedavg"
     rounds: int = 3
@@ -78,6 +83,7 @@ class FLConfig:
     timeout_s: float = 3600.0
     connect_timeout_s: float = 3600.0
     keep_checkpoints: int = 2
+    transport: str = "float32"
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
@@ -110,3 +116,4 @@ class FLConfig:
         check_positive("fl.timeout_s", self.timeout_s)
         check_positive("fl.connect_timeout_s", self.connect_timeout_s)
         check_positive("fl.keep_checkpoints", self.keep_checkpoints)
+        check_choice("fl.transport", self.transport, TRANSPORTS)

@@ -4,7 +4,12 @@ aggregation, privacy ledger, global evaluation, audit and an atomic checkpoint a
 Each finished round appends one JSON-able record to ``ServerState.history``::
 
     {"round", "sampled": [site], "sites": [{site, status, reason, weight, reported_examples, capped, norm,
-     bytes, metrics}], "bytes_up", "bytes_down", "seconds", "update_norm", "global_sha256", "eval": GlobalEval|None}
+     bytes, metrics}], "bytes_up", "bytes_down", "seconds", "phases", "update_norm", "global_sha256",
+     "eval": GlobalEval|None}
+
+``seconds`` is the coordinator's wall time of the round (train messages out to evaluation done; the checkpoint is
+written after it); ``phases`` splits it: ``send_receive`` (messages out until every reply is in: the sites' work,
+scheduling and serialisation), ``validate``, ``aggregate`` and ``eval`` seconds.
 
 Round 0 (before training) holds only the initial evaluation.
 """
@@ -21,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from client.protocol import ARRAYS, CONFIG, SITE, TrainInstructions
+from client.protocol import ARRAYS, CONFIG, SITE, TrainInstructions, arrays_to_record
 from server.audit import AuditLog
 from server.checkpoint import ServerState, save_state
 from server.config import FLConfig
@@ -122,8 +127,9 @@ def train_round(
         warmup_steps=fl.warmup_steps,
         seed=fl.seed,
         proximal_mu=fl.proximal_mu if fl.strategy == "fedprox" else 0.0,
+        transport=fl.transport,
     )
-    arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.trainable.items()})
+    arrays = arrays_to_record(state.trainable, fl.transport)
     messages = [
         Message(
             RecordDict({ARRAYS: arrays, CONFIG: instructions.to_record()}),
@@ -134,10 +140,18 @@ def train_round(
     ]
     site_of = {nodes[s]: s for s in sampled}
     verdicts: list[Verdict] = []
-    for reply in grid.send_and_receive(messages, timeout=fl.timeout_s):
+    clock = time.perf_counter()
+    replies = list(grid.send_and_receive(messages, timeout=fl.timeout_s))
+    phases = {"send_receive": time.perf_counter() - clock}
+    clock = time.perf_counter()
+    for reply in replies:
         expected = site_of.get(reply.metadata.src_node_id, "?")
         verdict = check_reply(
-            reply, global_arrays=state.trainable, server_round=server_round, bounds=fl.validation
+            reply,
+            global_arrays=state.trainable,
+            server_round=server_round,
+            bounds=fl.validation,
+            transport=fl.transport,
         )
         if verdict.status == FAILED:
             verdict.site = expected
@@ -162,6 +176,8 @@ def train_round(
             **{k: v for k, v in _record_of(verdict).items() if k != "metrics"},
         )
         _update_ledger(state.ledger, verdict)
+    phases["validate"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     accepted = [v for v in verdicts if v.accepted]
     new = aggregate(strategy, server_round, accepted, global_arrays=state.trainable)
     change = 0.0
@@ -169,6 +185,7 @@ def train_round(
         change = update_norm(new, state.trainable)
         state.trainable = new
     state.strategy = strategy_state(strategy)
+    phases["aggregate"] = time.perf_counter() - clock
     return {
         "round": server_round,
         "sampled": sampled,
@@ -176,6 +193,7 @@ def train_round(
         "bytes_up": sum(v.nbytes for v in verdicts),
         "bytes_down": arrays.count_bytes() * len(sampled),
         "seconds": 0.0,
+        "phases": phases,
         "update_norm": change,
         "global_sha256": state_sha256(state.trainable),
         "eval": None,
@@ -202,8 +220,11 @@ def run_rounds(
         )
         line = progress_line(record, fl.rounds)
         if server_round % fl.eval_every == 0 or server_round == fl.rounds:
+            clock = time.perf_counter()
             result = evaluator(server_round, state.trainable)
             record["eval"], line = result.to_json(), f"{line}  {result.line()}"
+            record["phases"]["eval"] = time.perf_counter() - clock
+        record["phases"] = {k: round(v, 4) for k, v in record["phases"].items()}
         record["seconds"] = round(time.perf_counter() - start, 3)
         state.history.append(record)
         state.round = server_round

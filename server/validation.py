@@ -2,7 +2,8 @@
 
 Flower itself checks only that replies have consistent keys; it weights by the client-reported ``num-examples``
 without a cap. Here a reply is *accepted* only if it trained for this round, its keys equal the trainable set, every
-tensor has the global tensor's shape and dtype and finite values, the update norm ``||w_site - w_global||_2`` (over
+tensor has the global tensor's shape, the dtype the transport puts on the wire (``fl.transport``, see
+:mod:`client.protocol`) and finite values once decoded to float32, the update norm ``||w_site - w_global||_2`` (over
 all tensors) and the payload size are within bounds; its weight is ``min(num-examples, max_num_examples)``.
 A site that refuses (privacy budget spent) is *refused*, not rejected; a reply carrying a Flower error *failed*.
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from client.protocol import ARRAYS, METRICS, NUM_EXAMPLES, SITE
+from client.protocol import ARRAYS, METRICS, NUM_EXAMPLES, SITE, from_wire, wire_dtype
 from server.config import ValidationConfig
 
 ACCEPTED, REJECTED, REFUSED, FAILED = "accepted", "rejected", "refused", "failed"
@@ -34,7 +35,7 @@ class Verdict:
     norm: float = 0.0
     nbytes: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
-    arrays: dict[str, np.ndarray] | None = None
+    arrays: dict[str, np.ndarray] | None = None  # decoded: the global state's dtypes
 
     @property
     def accepted(self) -> bool:
@@ -46,18 +47,34 @@ class Rejection(ValueError):
 
 
 def check_reply(
-    msg: Message, *, global_arrays: dict[str, np.ndarray], server_round: int, bounds: ValidationConfig
+    msg: Message,
+    *,
+    global_arrays: dict[str, np.ndarray],
+    server_round: int,
+    bounds: ValidationConfig,
+    transport: str = "float32",
 ) -> Verdict:
     """Validate one reply message against the global state [any shapes] the site was sent."""
     if msg.has_error():
         return Verdict(
             site=f"node-{msg.metadata.src_node_id}", status=FAILED, reason=msg.error.reason or "error"
         )
-    return check_content(msg.content, global_arrays=global_arrays, server_round=server_round, bounds=bounds)
+    return check_content(
+        msg.content,
+        global_arrays=global_arrays,
+        server_round=server_round,
+        bounds=bounds,
+        transport=transport,
+    )
 
 
 def check_content(
-    content: RecordDict, *, global_arrays: dict[str, np.ndarray], server_round: int, bounds: ValidationConfig
+    content: RecordDict,
+    *,
+    global_arrays: dict[str, np.ndarray],
+    server_round: int,
+    bounds: ValidationConfig,
+    transport: str = "float32",
 ) -> Verdict:
     """Validate one reply's content (see the module docstring); never raises for bad input."""
     site_rec = content.get(SITE)
@@ -79,7 +96,7 @@ def check_content(
             raise Rejection(
                 f"update size {verdict.nbytes} bytes exceeds fl.validation.max_update_bytes={bounds.max_update_bytes}"
             )
-        arrays = _arrays(record, global_arrays)
+        arrays = _arrays(record, global_arrays, transport)
         verdict.norm = update_norm(arrays, global_arrays)
         if not verdict.norm <= bounds.max_update_norm:
             raise Rejection(
@@ -120,7 +137,9 @@ def _num_examples(metrics: dict[str, float]) -> int:
     return int(value)
 
 
-def _arrays(record: ArrayRecord, global_arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _arrays(
+    record: ArrayRecord, global_arrays: dict[str, np.ndarray], transport: str
+) -> dict[str, np.ndarray]:
     missing, extra = sorted(set(global_arrays) - set(record)), sorted(set(record) - set(global_arrays))
     if missing or extra:
         raise Rejection(
@@ -137,8 +156,10 @@ def _arrays(record: ArrayRecord, global_arrays: dict[str, np.ndarray]) -> dict[s
             raise Rejection(f"{key}: not a numpy array (decoded to {type(value).__name__})")
         if value.shape != reference.shape:
             raise Rejection(f"{key}: shape {value.shape} != expected {reference.shape}")
-        if value.dtype != reference.dtype:
-            raise Rejection(f"{key}: dtype {value.dtype} != expected {reference.dtype}")
+        expected = wire_dtype(reference.dtype, transport)
+        if value.dtype != expected:
+            raise Rejection(f"{key}: dtype {value.dtype} != expected {expected} (transport {transport})")
+        value = from_wire(value, transport).astype(reference.dtype, copy=False)
         if not np.isfinite(value).all():
             raise Rejection(f"{key}: non-finite values")
         arrays[key] = value

@@ -3,13 +3,14 @@
 summary.json (``schema`` 2)::
 
     schema, kind="federated", preset, strategy, wall_seconds, config {sim, fl, sites {site: SiteConfig}},
-    config_hash, model_bytes (all parameters of the model), trainable_bytes (what a site sends),
+    config_hash, model_bytes (all parameters of the model), trainable_bytes (what a site sends, in fl.transport),
     rounds: [{round, train_loss (weighted mean of the accepted sites' last training loss) | null,
               eval {set: {loss, image, text, n, + generation metrics on rounds that have them}} | null,
               extra {hook metrics}, accepted [site], rejected [{site, reason}], refused [{site, reason}],
               failed [{site, reason}],
               sites {site: {status, weight, reported_examples, capped, norm, bytes, metrics {...}}},
-              bytes_up, bytes_down, seconds, update_norm, global_sha256}],     (round 0: initial eval only)
+              bytes_up, bytes_down, seconds, phases {send_receive, validate, aggregate, eval},
+              update_norm, global_sha256}],     (round 0: initial eval only)
     sites {site: {modalities, num_examples, epsilon, delta, rounds_trained}},
     eval_curves {set: [[round, loss], ...]}, metric_curves {set: {metric: [[round, value], ...]}},
     privacy {site: {epsilon, delta, steps, rounds, refused}}, privacy_curves {site: [[round, epsilon], ...]},
@@ -34,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from client.config import SiteConfig
+from client.protocol import wire_dtype
 from medim.model.lora import apply_lora
 from medim.pipeline import Workspace
 from medim.report import Page, write_json_atomic
@@ -92,6 +94,7 @@ def round_entry(record: dict[str, Any]) -> dict[str, Any]:
     entry["sites"] = {s["site"]: {k: v for k, v in s.items() if k not in ("site", "reason")} for s in sites}
     for key in ("bytes_up", "bytes_down", "seconds", "update_norm", "global_sha256"):
         entry[key] = record.get(key, 0 if key != "global_sha256" else "")
+    entry["phases"] = record.get("phases", {})
     return entry
 
 
@@ -144,12 +147,14 @@ class ModelSize:
     trainable_bytes: int
 
 
-def model_size(workspace: Path, trainable: dict[str, np.ndarray]) -> ModelSize:
-    """Sizes of the workspace's base model with LoRA applied and of the trainable state ``trainable``."""
+def model_size(workspace: Path, trainable: dict[str, np.ndarray], transport: str = "float32") -> ModelSize:
+    """Sizes of the workspace's base model with LoRA applied and of the trainable state ``trainable`` as it
+    travels in ``transport`` (payload bytes, framing excluded)."""
     model = Workspace.load(workspace).load_base()
     apply_lora(model)
     full = sum(p.numel() * p.element_size() for p in model.parameters())
-    return ModelSize(model_bytes=full, trainable_bytes=sum(int(v.nbytes) for v in trainable.values()))
+    sent = sum(int(v.size) * wire_dtype(v.dtype, transport).itemsize for v in trainable.values())
+    return ModelSize(model_bytes=full, trainable_bytes=sent)
 
 
 def build_summary(
@@ -183,7 +188,7 @@ def build_summary(
                 "sites": {k: asdict(v) for k, v in sites.items()},
             },
             "config_hash": state.config_hash,
-            **asdict(model_size(plan.workspace, state.trainable)),
+            **asdict(model_size(plan.workspace, state.trainable, plan.fl.transport)),
             "rounds": rounds,
             "sites": site_entries(rounds, state.ledger, sites),
             **curves(rounds),

@@ -39,6 +39,14 @@ def test_num_examples_is_capped():
     )
 
 
+def with_array(content, key, value):
+    """``content`` with one array replaced as it arrives (a site may send any bytes, not just what
+    ``train_reply`` encodes)."""
+    arrays = {k: v.numpy() for k, v in content[ARRAYS].items()}
+    content[ARRAYS] = ArrayRecord({**{k: Array(v) for k, v in arrays.items()}, key: Array(value)})
+    return content
+
+
 def good_state():
     return {k: torch.from_numpy(v.copy()) for k, v in GLOBAL.items()}
 
@@ -50,7 +58,7 @@ def good_state():
         (lambda: reply({"a": torch.zeros(2, 3)}), "keys differ from the trainable set: missing ['b']"),
         (lambda: reply({**good_state(), "c": torch.zeros(1)}), "unexpected ['c']"),
         (lambda: reply({**good_state(), "a": torch.zeros(3, 2)}), "a: shape (3, 2) != expected (2, 3)"),
-        (lambda: reply({**good_state(), "b": torch.ones(4, dtype=torch.float64)}), "b: dtype float64"),
+        (lambda: with_array(reply(), "b", np.ones(4, np.float64)), "b: dtype float64 != expected float32"),
         (lambda: reply({**good_state(), "b": torch.tensor([1.0, float("nan"), 1.0, 1.0])}), "b: non-finite"),
         (
             lambda: reply({**good_state(), "a": torch.full((2, 3), 100.0)}),

@@ -186,10 +186,60 @@ def test_benchmark_suite_quick_logic_runs(preset, tmp_path):
 
     out = tmp_path / "bench.json"
     start = time.perf_counter()
-    assert main(["--quick", "--preset", preset, "--sections", "mfu,upload,sampling", "--out", str(out)]) == 0
+    args = ["--quick", "--preset", preset, "--sections", "mfu,upload,sampling", "--transport", "bfloat16"]
+    assert main([*args, "--out", str(out)]) == 0
     assert time.perf_counter() - start < 60
     result = json.loads(out.read_text())
     assert set(result["figures"]) == set(TARGETS)
     for name in ("mfu", "upload_fraction", "sampling_speedup"):
         assert isinstance(result["figures"][name], float) and result["figures"][name] > 0
     assert result["ceilings"]["bf16_matmul_flops"] > 0 and result["machine"]["load_average"]
+    upload = result["sections"]["upload"]
+    assert result["transport"] == upload["transport"] == "bfloat16"
+    row = upload["sets"]["lora+adaln_offsets"]
+    assert result["figures"]["upload_fraction"] == row["bfloat16"]["fraction"]
+    assert row["bfloat16"]["payload_bytes"] * 2 == row["float32"]["payload_bytes"]
+    framing = {t: row[t]["bytes"] - row[t]["payload_bytes"] for t in ("float32", "bfloat16")}
+    assert framing["float32"] == framing["bfloat16"] > 0  # .npy headers and names, the same in every dtype
+
+
+def test_federation_benchmark_helpers(tmp_path):
+    """What the federation section adds around a simulation: site replicas for more sites than the workspace
+    has, round periods from the audit log, the process-tree memory sampler."""
+    from benchmarks.federation import TreeMemory, _audit_periods, replicated_workspace
+    from medim.pipeline import SYNTH_FILE, Workspace
+    from server.audit import AuditLog
+
+    root = tmp_path / "ws"
+    for site in ("hospital-a", "pathlab-c"):
+        (root / "synth" / "sites" / site / "mimic-cxr").mkdir(parents=True)
+        (root / "prepared" / site / "cxr").mkdir(parents=True)
+    for entry in ("heldout", "public"):
+        (root / "synth" / entry).mkdir()
+        (root / "prepared" / entry).mkdir()
+    (root / "synth" / "sites.json").write_text("{}")
+    (root / SYNTH_FILE).write_text("{}")
+    ws = Workspace(root=root, preset="tiny", seed=0, tokenizer_hash="t", base_hash="b")
+    ws.sites = {s: [root / "prepared" / s / "cxr"] for s in ("hospital-a", "pathlab-c")}
+    ws.tokenizer.mkdir()
+    ws.base_model.mkdir()
+    same, names = replicated_workspace(ws, 2, tmp_path / "unused")
+    assert (
+        same == root.resolve() and names == ["hospital-a", "pathlab-c"] and not (tmp_path / "unused").exists()
+    )
+    copy, names = replicated_workspace(ws, 5, tmp_path / "copy")
+    assert names == ["hospital-a", "pathlab-c", "hospital-a-r1", "pathlab-c-r1", "hospital-a-r2"]
+    assert (copy / "prepared" / "pathlab-c-r1").resolve() == (root / "prepared" / "pathlab-c").resolve()
+    assert sorted(p.name for p in (copy / "synth" / "sites").iterdir()) == sorted(names)
+    assert (copy / "base-b").resolve() == ws.base_model.resolve()
+
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    for event, round_ in (("round_start", 1), ("round_end", 1), ("round_start", 2), ("round_end", 2)):
+        audit.append(event, round=round_)
+    audit.append("finish", round=2)
+    periods = _audit_periods(tmp_path)
+    assert set(periods) == {1, 2} and all(v >= 0 for v in periods.values())
+
+    with TreeMemory(interval=0.01) as memory:
+        torch.zeros(1 << 20).add_(1)
+    assert memory.peak_rss >= memory.peak_pss > 0 and memory.peak_processes >= 1

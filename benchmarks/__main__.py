@@ -3,8 +3,9 @@
 Runs every section in one process (memory in subprocesses) and writes one JSON file: the machine (with its
 load average), library versions, the measured ceilings (bf16/fp32 matmul, memory bandwidth), each section's
 details and ``figures`` -- ``mfu``, ``dp_overhead``, ``upload_fraction``, ``sampling_speedup``,
-``federation_overhead``, ``client_peak_rss_gb`` -- plus a short table on stdout. Every figure is a ratio of two
-things measured side by side in this run, or an absolute number next to a ceiling measured at the start.
+``sampling_fid_rel_diff``, ``sampling_f1_rel_diff``, ``federation_overhead``, ``client_peak_rss_gb`` -- plus a
+short table on stdout. Every figure is a ratio of two things measured side by side in this run, or an absolute
+number next to a ceiling measured at the start.
 CPU only (the training code autocasts on CPU). See docs/performance.md.
 """
 
@@ -28,6 +29,7 @@ SECTIONS = (
     "upload",
     "transport",
     "sampling",
+    "sampling_quality",
     "memory",
     "seq_scaling",
     "federation",
@@ -38,6 +40,8 @@ TARGETS = {
     "dp_overhead": ("<=", 1.3),
     "upload_fraction": ("<=", 0.02),
     "sampling_speedup": (">=", 8.0),
+    "sampling_fid_rel_diff": ("<=", 0.10),
+    "sampling_f1_rel_diff": ("<=", 0.10),
     "federation_overhead": ("<=", 1.15),
     "client_peak_rss_gb": ("<=", 2.0),
 }
@@ -51,6 +55,7 @@ def run_suite(
     fed_preset: str = "tiny",
     workspace: Path = Path("runs/bench-workspace"),
     transport: str | None = None,
+    quality_workspace: Path | None = None,
 ) -> dict[str, Any]:
     """Run the chosen sections; returns the JSON-able result (see the module docstring). ``transport`` (default:
     the ``fl`` preset named like ``preset``'s ``fl.transport``) is the one ``upload_fraction`` reports."""
@@ -92,6 +97,17 @@ def run_suite(
     if "sampling" in sections:
         out["sampling"] = figures.sampling_speed(preset, batch=2 if quick else 4, repeats=1 if quick else 3)
         figs["sampling_speedup"] = out["sampling"]["speedup"]
+    if "sampling_quality" in sections:
+        out["sampling_quality"] = figures.sampling_quality(
+            "tiny" if quick else preset,
+            samples=8 if quick else 16,
+            seeds=(0, 1) if quick else (0, 1, 2),
+            domain_steps=50 if quick else 300,
+            workspace=quality_workspace,
+            tiny_workspace=workspace,
+        )
+        figs["sampling_fid_rel_diff"] = out["sampling_quality"]["domain_fid_relative_difference"]
+        figs["sampling_f1_rel_diff"] = out["sampling_quality"]["label_f1_relative_difference"]
     if "memory" in sections:
         out["memory"] = figures.memory(preset, steps=2 if quick else 10)
         figs["client_peak_rss_gb"] = out["memory"]["client_peak_rss_gb"]
@@ -157,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
         "--workspace", type=Path, default=Path("runs/bench-workspace"), help="cached tiny workspace"
     )
     parser.add_argument(
+        "--quality-workspace",
+        type=Path,
+        help="workspace whose base model sampling_quality samples (default: --workspace with --quick, else "
+        "runs/bench-workspace-<preset>; bootstrapped there when missing)",
+    )
+    parser.add_argument(
         "--transport",
         choices=("float32", "bfloat16", "float16"),
         help="transport dtype upload_fraction reports (default: the fl preset's fl.transport)",
@@ -172,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         sections=chosen,
         workspace=args.workspace,
         transport=args.transport,
+        quality_workspace=args.quality_workspace,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str))

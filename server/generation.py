@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from medim.config import SamplerConfig, load_preset
-from medim.evaluate import generate_both_ways
+from medim.evaluate import Generations, generate_both_ways
 from medim.metrics.clinical import LABELERS, label_scores
 from medim.metrics.domain import (
     DomainClassifier,
@@ -41,6 +41,7 @@ from medim.model.medim import MeDiM
 from medim.pipeline import config_hash
 from medim.report import image_grid
 from medim.tokenize.text import TextTokenizer
+from medim.tokenize.vocab import Vocab
 from medim.tokenize.vq import VQTokenizer, to_modality
 from server.config import GenerationConfig
 
@@ -154,7 +155,15 @@ class GenerationEval:
         """Metrics of ``model`` on the first ``samples`` rows of x0 [N, L] of the ``modality`` set."""
         picked = x0[: self.config.samples]
         gen = generate_both_ways(model, picked, sampler=self.sampler, seed=self.seed)
-        vocab = model.vocab
+        return self.score(model.vocab, modality, gen, final=final)
+
+    def score(
+        self, vocab: Vocab, modality: str, gen: Generations, *, final: bool, text_metrics: bool = True
+    ) -> Metrics:
+        """Metrics of the generations ``gen`` conditioned on held-out pairs of the ``modality`` set (image metrics
+        only when ``final``; ``text_metrics=False`` skips BLEU/METEOR/ROUGE-L/CIDEr, the Java scorers); keeps
+        them in ``last``."""
+        picked = gen.x0
         refs = [self.text.decode(vocab.text_ids(x)) for x in picked]
         hyps = [self.text.decode(vocab.text_ids(x)) for x in gen.reports_from_images]
         with torch.no_grad():
@@ -163,7 +172,8 @@ class GenerationEval:
             fake = _uint8(to_modality(self.vq.decode(codes), modality))
         self.last[modality] = Samples(modality, refs, hyps, real, fake)
         out: Metrics = {"samples": float(picked.shape[0])}
-        out.update(report_metrics(refs, hyps))
+        if text_metrics:
+            out.update(report_metrics(refs, hyps))
         out.update(label_metrics(modality, refs, hyps))
         if final:
             out.update(self.image_metrics(modality, real, fake))

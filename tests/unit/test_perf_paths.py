@@ -243,3 +243,74 @@ def test_federation_benchmark_helpers(tmp_path):
     with TreeMemory(interval=0.01) as memory:
         torch.zeros(1 << 20).add_(1)
     assert memory.peak_rss >= memory.peak_pss > 0 and memory.peak_processes >= 1
+
+
+class _Workspace:
+    """What the sampling-quality section reads of a workspace, without a bootstrap: the tiny model (random
+    weights), an untrained tiny image tokenizer and held-out rows made of real report texts."""
+
+    REPORTS = {
+        "cxr": ["FINDINGS: Cardiomegaly. Small left pleural effusion.", "FINDINGS: The lungs are clear."],
+        "pathology": [
+            "Invasive carcinoma with dense nuclei and marked atypia.",
+            "Normal tissue, sparse nuclei.",
+        ],
+    }
+
+    def __init__(self, root):
+        self.root, self.preset, self.base_model = root, "tiny", root / "base"
+        self.heldout = {m: root / m for m in self.REPORTS}
+
+    def load_base(self):
+        return medim.build_model("tiny", seed=0)
+
+    def load_vq(self):
+        from medim.config import load_preset
+        from medim.tokenize.vq import VQTokenizer
+        from medim.tokenize.vq_config import TokenizerConfig
+
+        return VQTokenizer(load_preset(TokenizerConfig, "tokenizer", "tiny")).eval()
+
+    def sequences(self, folders, model):
+        from types import SimpleNamespace
+
+        from medim.tokenize.text import TextTokenizer
+
+        text, v = TextTokenizer.builtin(), model.vocab
+        g = torch.Generator().manual_seed(0)
+        reports = self.REPORTS[folders[0].name] * 2
+        codes = [torch.randint(0, v.codebook_size, (v.image_tokens,), generator=g) for _ in reports]
+        return SimpleNamespace(
+            x0=torch.stack([v.sequence(c, text.encode(r)) for c, r in zip(codes, reports, strict=True)])
+        )
+
+
+def test_sampling_quality_compares_both_samplers_on_both_sets(tmp_path):
+    from benchmarks.sampling_quality import FAST_STEPS, sampling_quality
+
+    result = sampling_quality(
+        _Workspace(tmp_path), samples=3, seeds=(0, 1), domain_steps=1, bootstrap_rounds=5
+    )
+    v = medim.build_model("tiny", seed=0).vocab
+    assert result["steps"] == {"fast": FAST_STEPS, "slow": v.image_tokens + v.text_tokens}
+    assert result["forward_pass_ratio"] == (v.image_tokens + v.text_tokens) / (2 * FAST_STEPS)
+    assert set(result["sets"]) == {"cxr", "pathology"}
+    for row in result["sets"].values():
+        assert row["samples"] == 3
+        for name in ("domain_fid", "label_f1"):
+            cell = row[name]
+            assert len(cell["fast_seeds"]) == 2 and cell["fast"] == pytest.approx(sum(cell["fast_seeds"]) / 2)
+            if cell["slow"]:
+                assert cell["relative_difference"] == pytest.approx(
+                    (cell["fast"] - cell["slow"]) / cell["slow"]
+                )
+        assert (
+            row["domain_fid"]["slow"] > 0
+            and row["metrics"]["slow"]["domain_fid"] == row["domain_fid"]["slow"]
+        )
+        assert "bleu1" not in row["metrics"]["fast"]  # no Java text metrics
+    assert (tmp_path / "domain-classifiers").is_dir()  # cached where the coordinator caches them
+    for name in ("domain_fid", "label_f1"):
+        value = result[f"{name}_relative_difference"]
+        assert value is None or value >= 0
+    assert result["seconds"]["slow"] > 0 and result["speedup"] > 0

@@ -135,6 +135,23 @@ def stop_tree(root: int, *, timeout: float = 10.0) -> list[int]:
     return pids
 
 
+def kill_tree(root: int, *, timeout: float = 10.0) -> list[int]:
+    """SIGKILL ``root`` and all its descendants at once, as a crash would: SIGSTOP first, so that none of them
+    starts another process between listing and killing; waits until they are gone. Returns the descendants."""
+    _signal(root, signal.SIGSTOP)
+    family: list[int] = []
+    while more := [p for p in descendants(root) if p not in family]:
+        for pid in more:
+            _signal(pid, signal.SIGSTOP)
+        family += more
+    for pid in [root, *family]:
+        _signal(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while any(_alive(p) for p in [root, *family]) and time.monotonic() < deadline:
+        time.sleep(0.05)  # a zombie counts as gone: its parent reaps it (this function reaps nothing)
+    return family
+
+
 def stop_descendants(*, timeout: float = 10.0) -> list[int]:
     """Stop everything below this process (adopted orphans included); returns the pids that had to be killed."""
     killed: list[int] = []

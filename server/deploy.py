@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import ssl
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from client.processes import Child, run_tool, tool, tool_env
+from client.processes import Child, kill_tree, run_tool, tool, tool_env
 from medim.config import ConfigError
 from server.app import CHECKPOINTS, ServerPlan
 from server.certs import coordinator_files, site_keys
@@ -194,6 +195,38 @@ def wait_ready(spec: CoordinatorSpec, superlink: Child) -> None:
     raise RuntimeError(f"flower-superlink not ready after {spec.ready_timeout_s}s:\n{superlink.tail()}")
 
 
+def leftover_superlinks(spec: CoordinatorSpec) -> list[int]:
+    """Pids of ``flower-superlink`` processes serving this ``--out``'s database.
+
+    The SuperLink runs in its own session, so a medim-server killed with SIGKILL (the OOM killer,
+    ``kill -9``) leaves it running, with its SuperExec and ServerApp: they hold the port and go on writing
+    checkpoints and the audit log into ``--out``."""
+    proc, database, found = Path("/proc"), str(spec.state / "superlink.db"), []
+    for entry in os.listdir(proc) if proc.is_dir() else []:
+        if not entry.isdigit():
+            continue
+        try:
+            argv = [a.decode(errors="replace") for a in (proc / entry / "cmdline").read_bytes().split(b"\0")]
+        except OSError:
+            continue
+        named = any(Path(a).name == "flower-superlink" for a in argv[:2])
+        if named and any(a == "--database" and b == database for a, b in zip(argv, argv[1:], strict=False)):
+            found.append(int(entry))
+    return found
+
+
+def stop_leftovers(spec: CoordinatorSpec, say: Say) -> None:
+    """SIGKILL what an earlier, killed medim-server left running for ``--out`` (see :func:`leftover_superlinks`),
+    so that exactly one ServerApp writes there: it dies as it would have with its medim-server, and the run
+    continues from the last checkpoint (``--resume``)."""
+    for pid in leftover_superlinks(spec):
+        family = kill_tree(pid)
+        say(
+            f"medim-server: killed flower-superlink (pid {pid}) and {len(family)} processes it started, "
+            f"left running for {spec.out} by an earlier medim-server that was killed"
+        )
+
+
 def _json_output(stdout: str) -> dict[str, Any]:
     start = stdout.find("{")
     if start < 0:
@@ -272,6 +305,7 @@ class Coordinator:
         spec, start = self.spec, time.perf_counter()
         spec.logs.mkdir(parents=True, exist_ok=True)
         self.env = write_flwr_files(spec)
+        stop_leftovers(spec, self.say)
         self.superlink = Child("superlink", superlink_command(spec), spec.logs / "superlink.log", self.env)
         self.superlink.start()
         wait_ready(spec, self.superlink)

@@ -70,11 +70,12 @@ def quality_workspace(preset: str, root: Path, *, pretrain_steps: int = 300) -> 
     )
 
 
-def _relative(fast: float, slow: float) -> float:
-    return (fast - slow) / abs(slow) if slow else float("nan")
+def _relative(fast: float, slow: float) -> float | None:
+    """(fast - slow) / |slow|; None (undefined) when slow is 0."""
+    return (fast - slow) / abs(slow) if slow else None
 
 
-def _label_f1(modality: str, refs: list[list[str]], hyps: list[list[str]]) -> float:
+def _label_f1(modality: str, refs: list[set[str]], hyps: list[set[str]]) -> float:
     labeler = LABELERS[f"synthetic-{modality}"]
     return label_scores(refs, hyps, labeler.labels).micro.f1
 
@@ -82,14 +83,14 @@ def _label_f1(modality: str, refs: list[list[str]], hyps: list[list[str]]) -> fl
 def _bootstrap(
     modality: str,
     features: dict[str, torch.Tensor],
-    labels: dict[str, list[list[str]]],
+    labels: dict[str, list[set[str]]],
     rounds: int,
     seed: int,
 ) -> dict[str, dict[str, float]]:
     """Percentiles of the relative difference fast vs slow over ``rounds`` resamples of the prompts."""
     rng = np.random.default_rng(seed)
     n = len(labels["refs"])
-    diffs: dict[str, list[float]] = {"domain_fid": [], "label_f1": []}
+    diffs: dict[str, list[float | None]] = {"domain_fid": [], "label_f1": []}
     for _ in range(rounds):
         idx = rng.integers(0, n, n)
         if len(set(idx.tolist())) < 2:
@@ -102,7 +103,7 @@ def _bootstrap(
         diffs["label_f1"].append(_relative(f1["fast"], f1["slow"]))
     out = {}
     for name, values in diffs.items():
-        finite = [v for v in values if np.isfinite(v)]
+        finite = [v for v in values if v is not None]
         if finite:
             p5, p50, p95 = np.percentile(finite, [5, 50, 95])
             out[name] = {"p5": float(p5), "p50": float(p50), "p95": float(p95), "resamples": len(finite)}
@@ -168,7 +169,7 @@ def sampling_quality(
                 "relative_difference": _relative(mean, slow),
                 "fast_seeds": fast,
                 "first_seed_relative_difference": _relative(fast[0], slow),
-                "seed_spread": (max(fast) - min(fast)) / abs(mean) if mean else float("nan"),
+                "seed_spread": (max(fast) - min(fast)) / abs(mean) if mean else None,
             }
         row["metrics"] = {m: metrics[m][seeds[0]] for m in ("fast", "slow")}
         features = DomainFeatures(evaluator.domain_classifier(modality))
@@ -194,7 +195,7 @@ def sampling_quality(
     out["forward_pass_ratio"] = (n_img + n_txt) / (2 * FAST_STEPS)
     for name in FIGURES:
         values = {m: r[name]["relative_difference"] for m, r in out["sets"].items()}
-        defined = [abs(v) for v in values.values() if np.isfinite(v)]
+        defined = [abs(v) for v in values.values() if v is not None]
         out[f"{name}_relative_difference"] = max(defined) if defined else None
-        out[f"{name}_undefined_sets"] = sorted(m for m, v in values.items() if not np.isfinite(v))
+        out[f"{name}_undefined_sets"] = sorted(m for m, v in values.items() if v is None)
     return out

@@ -189,3 +189,27 @@ def test_mask_outside_the_regions_is_refused(model):
     prompt.x[0, 0] = model.vocab.mask
     with pytest.raises(ValueError, match="outside the image and text regions"):
         sample(model, prompt, SamplerConfig(steps=2))
+
+
+@pytest.mark.parametrize("extra", [0, 7])
+def test_as_many_steps_as_positions_or_more_commits_one_token_per_step(model, extra):
+    """The slow reference of the sampling-quality benchmark: one backbone pass per generated position."""
+    v = model.vocab
+    prompt = image_to_text_prompt(v, _x0(model))
+    n = int((prompt.x == v.mask).sum(1)[0])
+    left: list[int] = []
+    forward = model.hidden_states
+
+    def counting(x, sigma, *args, **kwargs):
+        left.append(int((x[0] == v.mask).sum()))
+        return forward(x, sigma, *args, **kwargs)
+
+    model.hidden_states = counting
+    try:
+        out = sample(
+            model, prompt, SamplerConfig(steps=n + extra, cfg=0.0), generator=torch.Generator().manual_seed(0)
+        )
+    finally:
+        del model.hidden_states
+    assert left == list(range(n, 0, -1))
+    _check_invariants(model, prompt, out)

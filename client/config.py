@@ -31,6 +31,9 @@ class SiteConfig:
     ``report_losses`` sends the round's training loss and the fixed-grid loss per modality on up to ``loss_rows``
     of the site's own held-back records: aggregate numbers, but not covered by the DP accountant; a site that
     wants only DP-covered releases sets it to false.
+
+    ``keep_moments`` keeps the site's AdamW moments in ``state_dir`` from one round to the next
+    (:mod:`client.moments`); they never leave the site. False = a fresh optimizer every round.
     """
 
     name: str = ""
@@ -45,6 +48,7 @@ class SiteConfig:
     autocast_bf16: bool = True
     loss_rows: int = 16
     report_losses: bool = True
+    keep_moments: bool = True
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     coordinator: str = ""
     ca_cert: str = ""
@@ -71,6 +75,10 @@ class SiteConfig:
     @property
     def ledger_path(self) -> Path:
         return Path(self.state_dir) / "privacy-ledger.json"
+
+    @property
+    def moments_dir(self) -> Path:
+        return Path(self.state_dir) / "moments"
 
 
 def save_site_config(cfg: SiteConfig, path: Path) -> None:

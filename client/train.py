@@ -3,8 +3,8 @@ train locally with :func:`medim.privacy.train_private` (DP-SGD when the site's p
 site's state dir records every round, private or not, and refuses a round that would exceed the budget), and
 return the new trainable state and aggregate metrics.
 
-Nothing stays in memory between rounds (each Flower message may run in a fresh process): the base model, data and
-privacy ledger are read from the site's own paths every round.
+Nothing stays in memory between rounds (each Flower message may run in a fresh process): the base model, data,
+privacy ledger and the optimizer's moments (:mod:`client.moments`) are read from the site's own paths every round.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from client.config import SiteConfig
+from client.moments import load_moments, save_moments
 from client.protocol import TrainInstructions
 from medim.config import DiffusionConfig, TrainConfig, load_preset
 from medim.data.sequences import SequenceSet, load_sequences
@@ -116,6 +117,7 @@ def run_site_round(
         autocast_bf16=site.autocast_bf16,
         log_every=max(1, instructions.local_steps // 4),
     )
+    moments = load_moments(site.moments_dir, instructions.server_round, model) if site.keep_moments else None
     result = train_private(
         model,
         train_rows.x0,
@@ -126,6 +128,7 @@ def run_site_round(
         proximal_mu=instructions.proximal_mu,
         anchor=state,
         progress=progress,
+        moments=moments,
     )
     metrics: dict[str, int | float] = {
         "server-round": instructions.server_round,
@@ -136,6 +139,8 @@ def run_site_round(
     if result.refused:
         metrics.update({"num-examples": 0, "refused": 1, "seconds": time.perf_counter() - start})
         return SiteRound(state=None, metrics=metrics, reason=result.reason or "refused")
+    if moments is not None:
+        save_moments(site.moments_dir, instructions.server_round, moments)
     metrics.update({"num-examples": result.num_examples, "refused": 0})
     if site.report_losses:
         if result.history:  # empty when every logged Poisson batch was empty

@@ -34,6 +34,7 @@ from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from medim.config import DiffusionConfig, TrainConfig, check, check_choice, check_positive
 from medim.diffusion import Loss
 from medim.model.medim import MeDiM
+from medim.moments import Moments
 from medim.privacy_ledger import ACCOUNTANTS, LedgerEntry, PrivacyLedger
 from medim.privacy_sgd import GRAD_SAMPLE_MODES, privatize
 from medim.proximal import ProximalTerm
@@ -129,6 +130,7 @@ def train_private(
     anchor: dict[str, torch.Tensor] | None = None,
     progress: bool = True,
     on_log: Callable[[StepLog], None] | None = None,
+    moments: Moments | None = None,
 ) -> PrivateTrainResult:
     """Train ``model``'s trainable tensors on this site's records x0 [N, L] under DP-SGD (one round).
 
@@ -140,6 +142,8 @@ def train_private(
         ledger_path: the site's ledger JSON (created on the first round).
         proximal_mu, anchor: FedProx term ``mu/2 ||w - anchor||^2`` (anchor: trainable-state keys; default the
             state at the start); data-independent, so it is added after clipping and noise.
+        moments: the site's AdamW state from its last round (:mod:`medim.moments`), replaced by this round's;
+            post-processing of the noised gradients, so it costs no privacy. None = a fresh optimizer.
 
     Raises:
         ConfigError: delta >= 1/N or batch_size > N.
@@ -158,6 +162,7 @@ def train_private(
             anchor=anchor,
             progress=progress,
             on_log=on_log,
+            moments=moments,
         )
         ledger = ledger.with_non_private_round()
         ledger.save()
@@ -201,6 +206,7 @@ def train_private(
         accountant=accountant,
         progress=progress,
         on_log=on_log,
+        moments=moments,
     )
     ledger = ledger.with_round([LedgerEntry(float(s), float(q), int(k)) for s, q, k in accountant.history])
     ledger.save()
@@ -219,10 +225,13 @@ def _dp_steps(
     accountant: IAccountant,
     progress: bool,
     on_log: Callable[[StepLog], None] | None,
+    moments: Moments | None,
 ) -> TrainResult:
     """The DP-SGD loop; every step the optimizer took is added to ``accountant``'s history."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+    if moments is not None:
+        moments.load_into(optimizer, model)
     session = privatize(
         model,
         optimizer,
@@ -246,7 +255,7 @@ def _dp_steps(
         session.step(prox)
 
     try:
-        return run_steps(
+        result = run_steps(
             model,
             x0,
             diffusion=diffusion,
@@ -261,6 +270,9 @@ def _dp_steps(
         )
     finally:
         session.close()
+    if moments is not None:
+        moments.tensors = Moments.read_from(optimizer, model).tensors
+    return result
 
 
 def _result(

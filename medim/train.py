@@ -20,6 +20,7 @@ from tqdm import tqdm
 from medim.config import DiffusionConfig, TrainConfig
 from medim.diffusion import Loss, NoisedBatch, add_noise, loss_from_nll
 from medim.model.medim import MeDiM
+from medim.moments import Moments
 from medim.proximal import ProximalTerm
 
 
@@ -160,16 +161,20 @@ def train_local(
     anchor: dict[str, torch.Tensor] | None = None,
     progress: bool = True,
     on_log: Callable[[StepLog], None] | None = None,
+    moments: Moments | None = None,
 ) -> TrainResult:
     """Train ``model``'s trainable parameters on x0 [N, L] for ``train.steps`` steps (or ``max_minutes``).
 
     Non-private: shuffled batches of ``train.batch_size``, AdamW, global gradient clipping at
     ``train.grad_clip``. With ``proximal_mu > 0`` the gradient ``mu * (w - anchor)`` is added after clipping;
-    ``anchor`` (trainable-state keys) defaults to the trainable state at the start.
+    ``anchor`` (trainable-state keys) defaults to the trainable state at the start. ``moments``: AdamW starts
+    from them and they are replaced by the final ones (:mod:`medim.moments`); None = a fresh optimizer.
     """
     check_sequences(model, x0)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+    if moments is not None:
+        moments.load_into(optimizer, model)
     prox = ProximalTerm.for_model(model, mu=proximal_mu, anchor=anchor)
     generator = torch.Generator().manual_seed(train.seed)
     draw = ShuffledBatches(x0.shape[0], train.batch_size, generator)
@@ -183,7 +188,7 @@ def train_local(
             prox.add_grad()
         optimizer.step()
 
-    return run_steps(
+    result = run_steps(
         model,
         x0,
         diffusion=diffusion,
@@ -195,3 +200,6 @@ def train_local(
         progress=progress,
         on_log=on_log,
     )
+    if moments is not None:
+        moments.tensors = Moments.read_from(optimizer, model).tensors
+    return result

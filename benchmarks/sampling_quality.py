@@ -24,6 +24,7 @@ samplers are reported too; their ceiling ratio is ``forward_pass_ratio`` (both t
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from dataclasses import asdict, replace
@@ -68,6 +69,17 @@ def quality_workspace(preset: str, root: Path, *, pretrain_steps: int = 300) -> 
         pretrain=train,
         progress=False,
     )
+
+
+def _pretrain_summary(folder: Path) -> dict[str, Any] | None:
+    """Steps, seconds and last logged loss of the base model's pretraining (``pretrain.json``; the presets cap
+    it by time, so a loaded machine pretrains fewer steps)."""
+    path = folder / "pretrain.json"
+    if not path.is_file():
+        return None
+    raw = json.loads(path.read_text())
+    history = raw.get("history") or [{}]
+    return {"steps": raw.get("steps"), "seconds": raw.get("seconds"), "last_logged": history[-1]}
 
 
 def _relative(fast: float, slow: float) -> float | None:
@@ -136,6 +148,7 @@ def sampling_quality(
         "workspace": str(ws.root),
         "preset": ws.preset,
         "base_model": str(ws.base_model),
+        "base_pretrain": _pretrain_summary(ws.base_model),
         "sampler": asdict(sampler),
         "steps": {"fast": FAST_STEPS, "slow": slow_steps},
         "generated_positions": {"report_to_image": n_img, "image_to_report": n_txt},

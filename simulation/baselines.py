@@ -2,8 +2,11 @@
 baseline=central|local``):
 
 - ``central``: every joining site's training rows pooled at one place, no DP, trained with
-  :func:`medim.train.train_local` on the LoRA'd base model for the federation's whole budget of local steps
-  (``fl.rounds * fl.local_steps * sites``), with the sites' batch size and learning rate;
+  :func:`medim.train.train_local` on the LoRA'd base model on as many samples as the whole federation sees, two
+  ways: ``central`` takes ``fl.rounds * fl.local_steps * sites`` steps of the sites' batch size (four times the
+  federation's sequential depth with four sites), ``central-large-batch`` takes ``fl.rounds * fl.local_steps``
+  steps of ``fl.batch_size * sites`` rows (the federation's depth: what a round-synchronous data-parallel run
+  does); both with the sites' learning rate;
 - ``local``: each site alone (no federation, no DP) for its own budget (``fl.rounds * fl.local_steps``).
 
 Each trained model is evaluated by the coordinator's evaluator (:func:`server.evaluation.build_evaluator`) on
@@ -67,15 +70,17 @@ def train_and_evaluate(
     *,
     cfg: SimulateConfig,
     steps: int,
+    batch_size: int,
     site: SiteConfig,
     trained_on: list[str],
 ) -> BaselineModel:
-    """Train the trainable set from ``initial`` on ``data`` for ``steps`` steps (no DP); evaluate it."""
+    """Train the trainable set from ``initial`` on ``data`` for ``steps`` steps of ``batch_size`` rows (no DP);
+    evaluate it."""
     start = time.perf_counter()
     load_trainable_state(evaluator.model, {k: torch.from_numpy(v.copy()) for k, v in initial.items()})
     train = TrainConfig(
         steps=steps,
-        batch_size=cfg.fl.batch_size,
+        batch_size=min(batch_size, int(data.x0.shape[0])),
         lr=cfg.fl.lr,
         warmup_steps=cfg.fl.warmup_steps,
         seed=cfg.fl.seed,
@@ -105,18 +110,21 @@ def _run(cfg: SimulateConfig, kind: str) -> Path:
     diffusion = load_preset(DiffusionConfig, "diffusion", site.diffusion)
     evaluator = build_evaluator(ws, cfg.fl, diffusion)
     initial = {k: v.numpy().copy() for k, v in trainable_state(evaluator.model).items()}
-    budget = cfg.fl.rounds * cfg.fl.local_steps
-    groups = {"central": sites} if kind == "central" else {name: [name] for name in sites}
+    depth, batch, n = cfg.fl.rounds * cfg.fl.local_steps, cfg.fl.batch_size, len(sites)
+    plans = (
+        {"central": (sites, depth * n, batch), "central-large-batch": (sites, depth, batch * n)}
+        if kind == "central"
+        else {name: ([name], depth, batch) for name in sites}
+    )
     models: dict[str, BaselineModel] = {}
-    for name, members in groups.items():
+    for name, (members, steps, rows) in plans.items():
         data = site_rows(ws, evaluator, members, site)
-        steps = budget * (len(sites) if kind == "central" else 1)
         models[name] = train_and_evaluate(
-            evaluator, initial, data, cfg=cfg, steps=steps, site=site, trained_on=members
+            evaluator, initial, data, cfg=cfg, steps=steps, batch_size=rows, site=site, trained_on=members
         )
         if not cfg.quiet:
             losses = " ".join(f"{m}={v['loss']:.4f}" for m, v in models[name].eval.items())
-            print(f"{kind} {name}: {steps} steps  eval {losses}", flush=True)
+            print(f"{kind} {name}: {steps} steps x {rows} rows  eval {losses}", flush=True)
     sizes = model_size(ws.root, initial)
     summary = finite(
         {

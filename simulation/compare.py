@@ -46,7 +46,7 @@ def rows_of(part: str, summary: dict[str, Any]) -> list[Row]:
     if "models" in summary:
         return [
             Row(
-                model=part if part == "central" else f"local {name}",
+                model=name if part == "central" else f"local {name}",
                 trained_on=m["trained_on"],
                 loss={s: _metric(v, "loss") for s, v in m["eval"].items()},
                 label_f1={s: _metric(v, "label_f1_micro") for s, v in m["eval"].items()},

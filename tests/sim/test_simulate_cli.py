@@ -85,7 +85,14 @@ def test_compare_writes_the_table(smoke_run, workspace, tmp_path):
     assert main(args) == 0
     table = json.loads((out / "compare.json").read_text())
     models = [r["model"] for r in table["rows"]]
-    assert models == ["central", "local hospital-a", "local pathlab-c", "federated", "federated-dp"]
+    assert models == [
+        "central",
+        "central-large-batch",
+        "local hospital-a",
+        "local pathlab-c",
+        "federated",
+        "federated-dp",
+    ]
     assert set(table["sets"]) == SETS
     for row in table["rows"]:
         assert set(row["loss"]) == SETS and set(row["label_f1"]) == SETS
@@ -96,8 +103,10 @@ def test_compare_writes_the_table(smoke_run, workspace, tmp_path):
     assert (out / "compare.md").read_text().startswith("| model |")
     local = json.loads((out / "local" / "summary.json").read_text())
     assert local["models"]["hospital-a"]["steps"] == 6  # 2 rounds x 3 local steps
-    central = json.loads((out / "central" / "summary.json").read_text())
-    assert central["models"]["central"]["steps"] == 12 and central["models"]["central"]["trained_on"] == [
+    central = json.loads((out / "central" / "summary.json").read_text())["models"]
+    assert central["central"]["steps"] == 12 and central["central"]["trained_on"] == [
         "hospital-a",
         "pathlab-c",
     ]
+    # the federation's depth (2 rounds x 3 steps) of twice the batch: the same samples in half the steps
+    assert central["central-large-batch"]["steps"] == 6

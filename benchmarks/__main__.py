@@ -117,7 +117,9 @@ def run_suite(
         runs = (
             (("serial", 2),) if quick else (("serial", 2), ("parallel", 2), ("parallel", 4), ("parallel", 8))
         )
-        out["federation"] = figures.federation(fed_preset, runs=runs, rounds=3, workspace=workspace)
+        out["federation"] = figures.federation(
+            fed_preset, runs=runs, rounds=3 if quick else 4, workspace=workspace
+        )
         figs["federation_overhead"] = out["federation"]["overhead"]
     if "tokenizer" in sections:
         out["tokenizer"] = figures.tokenizer_training(("small-f8", "small"), steps=2 if quick else 5)

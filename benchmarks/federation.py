@@ -1,5 +1,5 @@
 """Federation overhead and site scaling: a Flower simulation (Ray, the same apps as a deployment) against the
-same work done alone, side by side in one process.
+same work done alone, interleaved with its rounds.
 
 Each row runs one simulation of ``rounds`` rounds with generation metrics off (``fl.generation.every=0``) and
 every site's privacy budget raised so that no round is refused (DP-SGD stays on; the default budget of the tiny
@@ -8,22 +8,26 @@ is not measured: for each later round ``k`` the numerator is the coordinator's r
 ``round_start`` of ``k`` to the next ``round_start`` (or ``finish``), which holds the train messages, every
 site's round, validation, aggregation, the global loss evaluation, the checkpoint and the audit entries.
 
-The denominator is the same work measured alone in this process, warm (one unmeasured call first), before and
-after the simulation (their mean; both reported): each site's :func:`client.train.run_site_round` for round
-``k`` (fresh ledger, the same budget) plus the coordinator's loss evaluation (:func:`server.evaluation.
-build_evaluator` with generation off). ``overhead`` is the median over the measured rounds of
-period / (sum of sites alone + evaluation alone).
+The denominator is the same work alone, measured by :class:`AloneProbe`, an evaluation hook of the coordinator:
+after every evaluation (the initial one is the warm-up) the simulation waits while a separate warm process (one
+thread) runs each site's :func:`client.train.run_site_round` from the current global state (fresh ledgers, the
+same budget), one after another, then the coordinator's loss evaluation (:func:`server.evaluation.
+build_evaluator`, generation off). Round ``k`` is compared with the mean of the probes just before and just
+after it, so a change of the machine's load between rounds hits both sides; the probe's time is taken out of
+the period. ``overhead`` is the median over the measured rounds of period / (sum of sites alone + evaluation
+alone).
 
 ``mode`` "serial" runs the sites one after another in one Ray actor (``sim.num_cpus`` = the machine's cores), so
 the ratio is the federation's own cost: scheduling, message (de)serialisation, validation, checkpointing, audit.
 ``mode`` "parallel" is the default simulation (one CPU per site, sites overlap when cores are free): below 1
-means the simulation overlapped sites. Each measured round's ``parts`` split the period (``send_receive``:
-train messages out until every reply is in; validate, aggregate, eval, ``checkpoint_and_audit``, ``other``);
-``sites_in_simulation_seconds`` sums the sites' rounds as timed inside the actors and, in serial mode,
-``scheduling_and_messages_seconds`` is the rest of ``send_receive``. ``site_slowdown_in_simulation`` is the sites'
-in-actor seconds over their alone seconds. ``peak_memory_gb`` is the peak over the run of the summed RSS (upper bound,
-shared pages counted per process) and PSS (shared pages split) of this process and all its descendants (Ray's
-processes and actors included), sampled every 0.25 s.
+means the simulation overlapped sites, above 1 on a loaded machine that the parallel actors got less CPU each.
+Each measured round's ``parts`` split the period (``send_receive``: train messages out until every reply is in;
+validate, aggregate, eval, ``checkpoint_and_audit``, ``other``); ``sites_in_simulation_seconds`` sums the sites'
+rounds as timed inside the actors and, in serial mode, ``scheduling_and_messages_seconds`` is the rest of
+``send_receive``; ``site_slowdown_in_simulation`` is the sites' in-actor seconds over their alone seconds.
+``peak_memory_gb`` is the peak over the run of the summed RSS (upper bound: shared pages counted per process) and
+PSS (shared pages split) of this process and all its descendants (Ray's processes and actors included; the
+probe's process left out), sampled every 0.25 s.
 
 More sites than the workspace has (8 on the 4 synthetic hospitals) are *replicas*: :func:`replicated_workspace`
 links a workspace whose ``<site>-r<k>`` sites are copies of the originals' data (their own names, seeds and
@@ -32,7 +36,9 @@ ledgers, the same amount of work), so nothing in the production path changes.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -46,7 +52,6 @@ from typing import Any
 import numpy as np
 import psutil
 import torch
-from safetensors.numpy import load_file
 
 from client.config import SiteConfig, load_site_config
 from client.protocol import TrainInstructions
@@ -54,7 +59,6 @@ from client.train import run_site_round
 from medim.config import DiffusionConfig, load_preset
 from medim.model.lora import trainable_state
 from medim.pipeline import SYNTH_FILE, Workspace
-from server.checkpoint import latest_path
 from server.config import FLConfig
 from server.evaluation import Evaluator, build_evaluator
 from simulation.config import SimConfig
@@ -65,17 +69,27 @@ NO_GENERATION = {"generation": {"every": 0}}
 
 
 class TreeMemory:
-    """Peak summed RSS and PSS (bytes) of this process and its descendants, sampled by a thread."""
+    """Peak summed RSS and PSS (bytes) of this process and its descendants, sampled by a thread; the process
+    ``exclude`` (and its descendants) are left out."""
 
-    def __init__(self, interval: float = 0.25) -> None:
+    def __init__(self, interval: float = 0.25, exclude: int | None = None) -> None:
         self.interval, self.peak_rss, self.peak_pss, self.peak_processes = interval, 0, 0, 0
+        self.exclude = exclude
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
         root = psutil.Process()
+        skip: set[int] = set()
+        if self.exclude is not None:
+            try:
+                skip = {self.exclude, *(c.pid for c in psutil.Process(self.exclude).children(recursive=True))}
+            except psutil.NoSuchProcess:
+                skip = {self.exclude}
         rss = pss = count = 0
         for proc in [root, *root.children(recursive=True)]:
+            if proc.pid in skip:
+                continue
             try:
                 info = proc.memory_full_info()
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
@@ -169,6 +183,52 @@ def _alone(
     return {"sites": sites, "eval": time.perf_counter() - start}
 
 
+def _alone_worker(conn: Any, workspace: str, fl_preset: str, scratch: str) -> None:
+    """The alone measurements' process: builds the coordinator's evaluator once, then answers requests
+    ``(site files, global state, round)`` with :func:`_alone`'s timings until it receives None."""
+    torch.set_num_threads(1)
+    fl = load_preset(FLConfig, "fl", fl_preset, **NO_GENERATION)
+    diffusion = load_preset(DiffusionConfig, "diffusion", "default")
+    evaluator = build_evaluator(Workspace.load(Path(workspace)), fl, diffusion)
+    while (request := conn.recv()) is not None:
+        files, state, server_round = request
+        configs = {name: load_site_config(Path(path)) for name, path in files.items()}
+        conn.send(_alone(configs, evaluator, fl, state, server_round, Path(scratch)))
+
+
+class AloneProbe:
+    """An evaluation hook of the coordinator: after each round's evaluation (and the initial one, a warm-up), the
+    same work alone -- every site's round from the current global state, one after another (fresh ledgers),
+    then the loss evaluation -- in a separate warm process (one thread, left out of the memory figures) while
+    the simulation waits. Round ``k`` is compared with the probes just before and after it; the probe's own
+    time is taken out of the round's period."""
+
+    def __init__(self, files: dict[str, Path], *, workspace: Path, fl_preset: str, scratch: Path) -> None:
+        self.files = {name: str(path) for name, path in files.items()}
+        self.rounds: dict[int, dict[str, Any]] = {}
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self.process = context.Process(
+            target=_alone_worker, args=(child, str(workspace), fl_preset, str(scratch)), daemon=True
+        )
+        self.process.start()
+
+    def __call__(self, model: Any, server_round: int) -> dict[str, float]:
+        start = time.perf_counter()
+        state = {k: v.detach().numpy().copy() for k, v in trainable_state(model).items()}
+        self._conn.send((self.files, state, max(server_round, 1)))
+        alone = self._conn.recv()
+        self.rounds[server_round] = {**alone, "probe_seconds": time.perf_counter() - start}
+        return {}
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # the process is gone already
+            self._conn.send(None)
+        self.process.join(timeout=60)
+        if self.process.is_alive():
+            self.process.kill()
+
+
 def _row(
     sim: SimConfig,
     ws: Workspace,
@@ -176,9 +236,8 @@ def _row(
     count: int,
     mode: str,
     rounds: int,
-    fl: FLConfig,
-    evaluator: Evaluator,
     scratch: Path,
+    probe: bool = True,
 ) -> dict[str, Any]:
     root, names = replicated_workspace(ws, count, scratch / f"ws-{count}")
     cores = os.cpu_count() or 1
@@ -192,26 +251,23 @@ def _row(
     out = scratch / f"run-{count}-{mode}"
     # the site files the simulation writes, written first so that the alone runs read the same
     write_site_configs(run_sim, prepare_workspace(run_sim, root, progress=False), out, names)
-    configs = {name: load_site_config(out / "sites" / name / "site.yaml") for name in names}
-    state = {k: v.numpy() for k, v in trainable_state(evaluator.model).items()}
-    measured_round = 2 if rounds > 1 else 1
-    _alone(dict(list(configs.items())[:1]), evaluator, fl, state, measured_round, scratch)  # warm-up
-    before = _alone(configs, evaluator, fl, state, measured_round, scratch)
-    start = time.perf_counter()
-    with TreeMemory() as memory:
-        summary_path = simulate(
-            SimRequest(sim=run_sim, out=out, rounds=rounds, progress=False, fl_overrides=dict(NO_GENERATION))
-        )
-    wall = time.perf_counter() - start
-    checkpoint = latest_path(out / "checkpoints")
-    assert checkpoint is not None
-    final = load_file(str(checkpoint / "trainable.safetensors"))
-    after = _alone(configs, evaluator, fl, final, measured_round, scratch)
+    files = {name: out / "sites" / name / "site.yaml" for name in names}
+    alone = (
+        AloneProbe(files, workspace=ws.root.resolve(), fl_preset=sim.fl, scratch=scratch) if probe else None
+    )
+    try:
+        start = time.perf_counter()
+        with TreeMemory(exclude=alone.process.pid if alone else None) as memory:
+            request = SimRequest(
+                sim=run_sim, out=out, rounds=rounds, progress=False, fl_overrides=dict(NO_GENERATION)
+            )
+            summary_path = simulate(request, hooks=[alone] if alone else [])
+        wall = time.perf_counter() - start
+    finally:
+        if alone:
+            alone.close()
     summary = json.loads(summary_path.read_text())
     periods = _audit_periods(out)
-    alone_sites = {s: (before["sites"][s] + after["sites"][s]) / 2 for s in names}
-    eval_alone = (before["eval"] + after["eval"]) / 2
-    denominator = sum(alone_sites.values()) + eval_alone
     measured = []
     for record in summary["rounds"][1:]:
         k = record["round"]
@@ -221,29 +277,46 @@ def _row(
         if set(statuses.values()) != {"accepted"}:
             raise RuntimeError(f"round {k}: not every site trained ({statuses}); the ratio would be void")
         in_sim = {s: float(v["metrics"]["seconds"]) for s, v in record["sites"].items()}
+        probe_seconds = alone.rounds[k]["probe_seconds"] if alone else 0.0
+        period = periods[k] - probe_seconds
         phases = record["phases"]
         parts = {
             "send_receive": phases["send_receive"],
             "validate": phases["validate"],
             "aggregate": phases["aggregate"],
-            "eval": phases.get("eval", 0.0),
+            "eval": phases.get("eval", 0.0) - probe_seconds,
             "checkpoint_and_audit": periods[k] - record["seconds"],
         }
-        parts["other"] = periods[k] - sum(parts.values())
-        measured.append(
-            {
-                "round": k,
-                "period_seconds": periods[k],
-                "overhead": periods[k] / denominator,
-                "parts": parts,
-                "sites_in_simulation_seconds": sum(in_sim.values()),
-                # sites one after another: the rest of the train-message phase is scheduling and messages
-                "scheduling_and_messages_seconds": phases["send_receive"] - sum(in_sim.values())
-                if mode == "serial"
-                else None,
-                "site_seconds_in_simulation": in_sim,
-            }
-        )
+        parts["other"] = period - sum(parts.values())
+        row: dict[str, Any] = {
+            "round": k,
+            "period_seconds": period,
+            "parts": parts,
+            "sites_in_simulation_seconds": sum(in_sim.values()),
+            # sites one after another: the rest of the train-message phase is scheduling and messages
+            "scheduling_and_messages_seconds": phases["send_receive"] - sum(in_sim.values())
+            if mode == "serial"
+            else None,
+            "site_seconds_in_simulation": in_sim,
+            "probe_seconds": probe_seconds,
+        }
+        if alone:
+            brackets = (alone.rounds[k - 1], alone.rounds[k])  # alone just before and just after round k
+            sites_alone = {s: statistics.mean(b["sites"][s] for b in brackets) for s in names}
+            eval_alone = statistics.mean(b["eval"] for b in brackets)
+            denominator = sum(sites_alone.values()) + eval_alone
+            row.update(
+                denominator_seconds=denominator,
+                overhead=period / denominator,
+                sites_alone_seconds=sites_alone,
+                eval_alone_seconds=eval_alone,
+                site_slowdown_in_simulation=sum(in_sim.values()) / sum(sites_alone.values()),
+            )
+        measured.append(row)
+
+    def median(key: str) -> float | None:
+        return statistics.median(m[key] for m in measured) if alone else None
+
     return {
         "sites": count,
         "mode": mode,
@@ -251,17 +324,12 @@ def _row(
         "site_names": names,
         "rounds": rounds,
         "measured_rounds": [m["round"] for m in measured],
+        "probe": probe,
         "seconds_per_round": statistics.median(m["period_seconds"] for m in measured),
-        "overhead": statistics.median(m["overhead"] for m in measured),
-        "denominator_seconds": denominator,
-        "sites_alone_seconds": alone_sites,
-        "eval_alone_seconds": eval_alone,
-        "alone_before": before,
-        "alone_after": after,
+        "overhead": median("overhead"),
+        "denominator_seconds": median("denominator_seconds"),
+        "site_slowdown_in_simulation": median("site_slowdown_in_simulation"),
         "per_round": measured,
-        "site_slowdown_in_simulation": statistics.median(
-            m["sites_in_simulation_seconds"] / sum(alone_sites.values()) for m in measured
-        ),
         "simulation_wall_seconds": wall,
         "peak_memory_gb": {
             "rss_sum": memory.peak_rss / 2**30,
@@ -272,21 +340,17 @@ def _row(
 
 
 def federation_overhead(
-    preset: str, *, runs: tuple[tuple[str, int], ...], rounds: int, workspace: Path
+    preset: str, *, runs: tuple[tuple[str, int], ...], rounds: int, workspace: Path, probe: bool = True
 ) -> dict[str, Any]:
     """One row per (mode, site count) in ``runs``; ``overhead`` is the first serial row's (else the first
-    row's), ``overhead_parallel`` the first parallel row's, ``scaling`` the rows' seconds per round and memory."""
+    row's), ``overhead_parallel`` the first parallel row's, ``scaling`` the rows' seconds per round and memory.
+    ``probe`` False: no alone measurements (no overhead), only the simulation's time per round and memory."""
     torch.set_num_threads(1)
     sim = load_preset(SimConfig, "sim", preset, workspace=str(workspace))
     ws = prepare_workspace(sim, workspace, progress=False)
-    fl = load_preset(FLConfig, "fl", sim.fl, **NO_GENERATION)
-    diffusion = load_preset(DiffusionConfig, "diffusion", "default")
-    evaluator = build_evaluator(ws, fl, diffusion)
     with tempfile.TemporaryDirectory() as tmp:
         rows = [
-            _row(
-                sim, ws, count=count, mode=mode, rounds=rounds, fl=fl, evaluator=evaluator, scratch=Path(tmp)
-            )
+            _row(sim, ws, count=count, mode=mode, rounds=rounds, scratch=Path(tmp), probe=probe)
             for mode, count in runs
         ]
     serial = [r for r in rows if r["mode"] == "serial"] or rows

@@ -132,7 +132,9 @@ def from_wire(value: np.ndarray, transport: str) -> np.ndarray:
     check_transport(transport)
     if value.dtype == WIRE_DTYPES[transport]:
         if transport == "bfloat16":
-            return (value.astype(np.uint32) << 16).view(np.float32)
+            wide = value.astype(np.uint32)
+            wide <<= 16  # in place: 0-d arrays stay arrays
+            return wide.view(np.float32)
         return value.astype(np.float32, copy=False)
     return value
 
@@ -144,9 +146,9 @@ def state_to_record(state: dict[str, torch.Tensor], transport: str = "float32") 
 
 
 def arrays_to_record(arrays: dict[str, np.ndarray], transport: str = "float32") -> ArrayRecord:
-    """The coordinator's numpy state -> ArrayRecord in ``transport``."""
+    """The coordinator's numpy state -> ArrayRecord in ``transport`` (0-d arrays stay 0-d)."""
     return state_to_record(
-        {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}, transport
+        {k: torch.from_numpy(np.asarray(v, order="C")) for k, v in arrays.items()}, transport
     )
 
 

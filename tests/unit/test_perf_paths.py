@@ -2,6 +2,7 @@
 transport, and a smoke run of ``python -m benchmarks --quick`` on the tiny preset."""
 
 import json
+import subprocess
 
 import pytest
 import torch
@@ -243,6 +244,14 @@ def test_federation_benchmark_helpers(tmp_path):
     with TreeMemory(interval=0.01) as memory:
         torch.zeros(1 << 20).add_(1)
     assert memory.peak_rss >= memory.peak_pss > 0 and memory.peak_processes >= 1
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        with TreeMemory(interval=0.01) as counted, TreeMemory(interval=0.01, exclude=child.pid) as left_out:
+            pass
+        assert counted.peak_processes == left_out.peak_processes + 1
+    finally:
+        child.kill()
+        child.wait()
 
 
 class _Workspace:

@@ -34,6 +34,7 @@ GLOBAL = {
     "lora_A": rng.normal(size=(8, 512)).astype(np.float32),
     "lora_B": rng.normal(scale=1e-3, size=(512, 8)).astype(np.float32),
     "bias": np.linspace(-3, 3, 32, dtype=np.float32),
+    "gate": np.array(0.3, dtype=np.float32),  # 0-d
 }
 BOUNDS = ValidationConfig(max_update_norm=10.0, max_update_bytes=1_000_000, max_num_examples=50)
 

@@ -211,8 +211,8 @@ class DiffusionConfig:
 class SamplerConfig:
     """MaskGIT sampling: arccos commit schedule, Gumbel confidence, classifier-free guidance w*(1-t).
 
-    ``autocast_bf16``: run the network under bf16 autocast (as training does); the guidance mix, the candidate
-    draws and the confidences stay fp32.
+    ``autocast_bf16``: run the backbone under bf16 autocast (as training does); the output heads, the guidance
+    mix, the candidate draws and the confidences stay fp32.
     """
 
     steps: int = 16

@@ -11,8 +11,8 @@ Guidance: the unconditional pass sees the same x_t with the condition replaced b
 
 Cost per step: one backbone pass (conditional and unconditional inputs batched together), the heads only at the
 still-masked positions and only against their region's allowed ids (image codes, or text ids + ``<eos>``/``<pad>``;
-the full logits are ``-inf`` elsewhere), one uniform per drawn candidate (inverse CDF), and the network under bf16
-autocast unless ``SamplerConfig.autocast_bf16`` is off. ``python -m benchmarks --sections sampling`` measures it.
+the full logits are ``-inf`` elsewhere), one uniform per drawn candidate (inverse CDF), and the backbone under bf16
+autocast unless ``SamplerConfig.autocast_bf16`` is off (the heads, the guidance mix and the draws stay fp32). ``python -m benchmarks --sections sampling`` measures it.
 """
 
 from __future__ import annotations
@@ -183,11 +183,13 @@ def _commit(
         where = masked[:, positions]
         if not where.any():
             continue
-        logits = head(h[:batch, positions][where]).float()  # [M, C]: masked positions, allowed ids
-        if guided:
-            w = (cfg.cfg * (1 - t))[where.nonzero()[:, 0], None]  # w of each row's sample
-            uncond = head(h[batch:, positions][where]).float()
-            logits = torch.lerp(uncond, logits, 1 + w)  # (1 + w) cond - w uncond
+        # heads in fp32 (autocast off): guidance scales their rounding errors by 1 + 2w
+        with torch.autocast(h.device.type, enabled=False):
+            logits = head(h[:batch, positions][where].float())  # [M, C]: masked positions, allowed ids
+            if guided:
+                w = (cfg.cfg * (1 - t))[where.nonzero()[:, 0], None]  # w of each row's sample
+                uncond = head(h[batch:, positions][where].float())
+                logits = torch.lerp(uncond, logits, 1 + w)  # (1 + w) cond - w uncond
         if cfg.temperature != 1.0:
             logits = logits / cfg.temperature
         pick, logp = _draw(logits, generator, greedy=last)

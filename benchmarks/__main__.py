@@ -118,7 +118,7 @@ def run_suite(
             (("serial", 2),) if quick else (("serial", 2), ("parallel", 2), ("parallel", 4), ("parallel", 8))
         )
         out["federation"] = figures.federation(
-            fed_preset, runs=runs, rounds=3 if quick else 4, workspace=workspace
+            fed_preset, runs=runs, rounds=3 if quick else 5, workspace=workspace
         )
         figs["federation_overhead"] = out["federation"]["overhead"]
     if "tokenizer" in sections:

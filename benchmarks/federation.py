@@ -10,11 +10,12 @@ site's round, validation, aggregation, the global loss evaluation, the checkpoin
 
 The denominator is the same work alone, measured by :class:`AloneProbe`, an evaluation hook of the coordinator:
 after every evaluation (the initial one is the warm-up) the simulation waits while a separate warm process (one
-thread) runs each site's :func:`client.train.run_site_round` from the current global state (fresh ledgers, the
-same budget), one after another, then the coordinator's loss evaluation (:func:`server.evaluation.
-build_evaluator`, generation off). Round ``k`` is compared with the mean of the probes just before and just
-after it, so a change of the machine's load between rounds hits both sides; the probe's time is taken out of
-the period. ``overhead`` is the median over the measured rounds of period / (sum of sites alone + evaluation
+thread) runs each site's :func:`client.train.run_site_round` from the current global state, one after another,
+each on a copy of the site's privacy ledger as it stands (epsilon is recomputed over the whole history, so a
+fresh ledger would do less accounting than the site's next round), then the coordinator's loss evaluation
+(:func:`server.evaluation.build_evaluator`, generation off). Round ``k`` is compared with the mean of the probes
+just before and just after it, so a change of the machine's load between rounds hits both sides; the probe's
+time is taken out of the period. ``overhead`` is the median over the measured rounds of period / (sum of sites alone + evaluation
 alone).
 
 ``mode`` "serial" runs the sites one after another in one Ray actor (``sim.num_cpus`` = the machine's cores), so
@@ -160,7 +161,8 @@ def _alone(
     server_round: int,
     scratch: Path,
 ) -> dict[str, Any]:
-    """Each site's round and the loss evaluation, one after another in this process (warm, fresh ledgers)."""
+    """Each site's round and the loss evaluation, one after another in this process (warm), every site on a copy
+    of its ledger as it stands (epsilon is recomputed over the whole history: a fresh ledger would do less)."""
     torch_state = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
     instructions = TrainInstructions(
         server_round=server_round,
@@ -173,6 +175,8 @@ def _alone(
     sites = {}
     for name, cfg in configs.items():
         fresh = replace(cfg, state_dir=tempfile.mkdtemp(dir=scratch))
+        if cfg.ledger_path.is_file():
+            shutil.copy(cfg.ledger_path, fresh.ledger_path)
         start = time.perf_counter()
         result = run_site_round(fresh, instructions, torch_state)
         sites[name] = time.perf_counter() - start
@@ -198,7 +202,7 @@ def _alone_worker(conn: Any, workspace: str, fl_preset: str, scratch: str) -> No
 
 class AloneProbe:
     """An evaluation hook of the coordinator: after each round's evaluation (and the initial one, a warm-up), the
-    same work alone -- every site's round from the current global state, one after another (fresh ledgers),
+    same work alone -- every site's round from the current global state, one after another (ledger copies),
     then the loss evaluation -- in a separate warm process (one thread, left out of the memory figures) while
     the simulation waits. Round ``k`` is compared with the probes just before and after it; the probe's own
     time is taken out of the round's period."""

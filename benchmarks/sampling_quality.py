@@ -18,7 +18,7 @@ sampler's metric over its seeds (how much sampling noise alone moves it on these
 ``bootstrap_first_seed`` = the 5/50/95th percentiles of the first-seed difference over prompt resamples (the
 same indices for both samplers; FID of a resample counts repeated images, so that is a rough spread, not a
 calibrated interval). With a few dozen samples domain FID is strongly biased upwards and label F1 moves in steps
-of about 1/N: compare the difference with both. Sampling seconds (wall and this process's CPU time) of both
+of about 1/N: compare the difference with both (and with ``absolute_difference`` where slow is near 0). Sampling seconds (wall and this process's CPU time) of both
 samplers are reported too; their ceiling ratio is ``forward_pass_ratio`` (both tasks' positions / 2 x 16).
 """
 
@@ -180,6 +180,7 @@ def sampling_quality(
                 "fast": mean,
                 "slow": slow,
                 "relative_difference": _relative(mean, slow),
+                "absolute_difference": mean - slow,
                 "fast_seeds": fast,
                 "first_seed_relative_difference": _relative(fast[0], slow),
                 "seed_spread": (max(fast) - min(fast)) / abs(mean) if mean else None,

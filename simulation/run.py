@@ -126,9 +126,9 @@ def simulate(request: SimRequest, *, hooks: Sequence[EvalHook] = ()) -> Path:
         "init_args": {
             "logging_level": "ERROR",
             "log_to_driver": request.progress,
-            # Ray starts its workers -- the sites' actors -- at nice 15 by default; here they are the work, so
-            # they run at the coordinator's priority (on a shared machine nice 15 measured the sites' rounds
-            # 1.6x slower in one actor and 2.5-3.8x with two, benchmarks/federation.py)
+            # Ray starts its workers -- the sites' actors -- at nice 15 by default, below the coordinator and
+            # every other process; the sites' rounds are the simulation's work, so they run at the coordinator's
+            # priority (no difference on an idle machine; a busy shared one no longer starves them)
             "_system_config": {"worker_niceness": 0},
         },
     }

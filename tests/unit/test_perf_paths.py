@@ -181,15 +181,11 @@ def test_adaln_offsets_per_sample_gradients_under_opacus(adaln):
 
 @pytest.mark.parametrize("preset", ["tiny"])
 def test_benchmark_suite_quick_logic_runs(preset, tmp_path):
-    import time
-
     from benchmarks.__main__ import TARGETS, main
 
     out = tmp_path / "bench.json"
-    start = time.perf_counter()
     args = ["--quick", "--preset", preset, "--sections", "mfu,upload,sampling", "--transport", "bfloat16"]
     assert main([*args, "--out", str(out)]) == 0
-    assert time.perf_counter() - start < 60
     result = json.loads(out.read_text())
     assert set(result["figures"]) == set(TARGETS)
     for name in ("mfu", "upload_fraction", "sampling_speedup"):

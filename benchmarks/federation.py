@@ -55,13 +55,13 @@ import psutil
 import torch
 
 from client.config import SiteConfig, load_site_config
-from client.protocol import TrainInstructions
 from client.train import run_site_round
 from medim.config import DiffusionConfig, load_preset
 from medim.model.lora import trainable_state
 from medim.pipeline import SYNTH_FILE, Workspace
 from server.config import FLConfig
 from server.evaluation import Evaluator, build_evaluator
+from server.loop import round_instructions
 from simulation.config import SimConfig
 from simulation.run import SimRequest, prepare_workspace, simulate, write_site_configs
 
@@ -164,14 +164,7 @@ def _alone(
     """Each site's round and the loss evaluation, one after another in this process (warm), every site on a copy
     of its ledger as it stands (epsilon is recomputed over the whole history: a fresh ledger would do less)."""
     torch_state = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
-    instructions = TrainInstructions(
-        server_round=server_round,
-        local_steps=fl.local_steps,
-        lr=fl.lr,
-        batch_size=fl.batch_size,
-        warmup_steps=fl.warmup_steps,
-        seed=fl.seed,
-    )
+    instructions = round_instructions(fl, server_round)
     sites = {}
     for name, cfg in configs.items():
         fresh = replace(cfg, state_dir=tempfile.mkdtemp(dir=scratch))

@@ -34,13 +34,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from medim.config import SamplerConfig, TrainConfig, load_preset
+from medim.config import SamplerConfig, load_preset
 from medim.evaluate import generate_both_ways
 from medim.metrics.clinical import LABELERS, label_scores
 from medim.metrics.domain import DomainFeatures
 from medim.metrics.images import extract, frechet_distance
 from medim.model.factory import text_tokenizer
-from medim.pipeline import Workspace, bootstrap
+from medim.pipeline import Workspace
 from server.config import GenerationConfig
 from server.evaluation import DOMAIN_CACHE
 from server.generation import GenerationEval, Metrics, Samples
@@ -56,19 +56,9 @@ def quality_workspace(preset: str, root: Path, *, pretrain_steps: int = 300) -> 
     the ``small`` pretraining preset); ``tiny`` uses the test hospitals (``sim=tiny``) with ``pretrain_steps``
     steps of the ``tiny`` pretraining preset (the simulation's 3 steps learn nothing). Cached under ``root``."""
     sim = load_preset(SimConfig, "sim", preset, workspace=str(root))
-    if preset != "tiny":
-        return prepare_workspace(sim, root, progress=False)
-    train = load_preset(TrainConfig, "train", "tiny")
-    train = replace(train, steps=pretrain_steps, warmup_steps=min(train.warmup_steps, pretrain_steps))
-    return bootstrap(
-        root,
-        preset=sim.preset,
-        tokenizer_preset=sim.tokenizer or None,
-        seed=sim.seed,
-        synth_scale=sim.synth_scale,
-        pretrain=train,
-        progress=False,
-    )
+    if preset == "tiny":
+        sim = replace(sim, pretrain_steps=pretrain_steps)
+    return prepare_workspace(sim, root, progress=False)
 
 
 def _pretrain_summary(folder: Path) -> dict[str, Any] | None:

@@ -102,6 +102,20 @@ def _update_ledger(ledger: dict[str, dict[str, float]], verdict: Verdict) -> Non
     entry["rounds" if verdict.status == ACCEPTED else "refused"] += 1
 
 
+def round_instructions(fl: FLConfig, server_round: int) -> TrainInstructions:
+    """What every sampled site is asked to do in ``server_round`` (FedProx's mu only under ``fedprox``)."""
+    return TrainInstructions(
+        server_round=server_round,
+        local_steps=fl.local_steps,
+        lr=fl.lr,
+        batch_size=fl.batch_size,
+        warmup_steps=fl.warmup_steps,
+        seed=fl.seed,
+        proximal_mu=fl.proximal_mu if fl.strategy == "fedprox" else 0.0,
+        transport=fl.transport,
+    )
+
+
 def train_round(
     grid: Grid,
     *,
@@ -119,16 +133,7 @@ def train_round(
     audit.append(
         "round_start", round=server_round, sampled=sampled, global_sha256=state_sha256(state.trainable)
     )
-    instructions = TrainInstructions(
-        server_round=server_round,
-        local_steps=fl.local_steps,
-        lr=fl.lr,
-        batch_size=fl.batch_size,
-        warmup_steps=fl.warmup_steps,
-        seed=fl.seed,
-        proximal_mu=fl.proximal_mu if fl.strategy == "fedprox" else 0.0,
-        transport=fl.transport,
-    )
+    instructions = round_instructions(fl, server_round)
     arrays = arrays_to_record(state.trainable, fl.transport)
     messages = [
         Message(

@@ -168,8 +168,9 @@ class MeDiM(nn.Module):
         Args:
             xt, x0: LongTensor [B, L]; sigma: FloatTensor [B]; scored: BoolTensor [B, L] (image/text positions).
             flat: compute the heads only at scored positions, gathered across the batch (cheapest). Default: flat
-                unless Opacus' per-sample hooks are attached; then every trainable head sees [B, positions, H]
-                exactly once per forward, as per-sample gradient engines require.
+                unless Opacus' per-sample hooks are attached; then every head holding trainable tensors sees
+                [B, positions, H] exactly once per forward, as per-sample gradient engines require. A frozen head
+                runs flat either way (it needs no per-sample gradients, only the input gradient).
         Returns:
             FloatTensor [B, L] (fp32), 0 where not scored.
         """
@@ -182,21 +183,23 @@ class MeDiM(nn.Module):
         s_img, s_txt = scored[:, img], scored[:, txt]
         text_head = self.backbone.get_output_embeddings()
         eos_pad = slice(vocab.eos - n_text, vocab.pad - n_text + 1)
-        if flat:
-            h_img, h_txt = h[:, img][s_img], h[:, txt][s_txt]  # [M_img, H], [M_txt, H]
-            nll_img = _nll(F.linear(h_img, self.new_head.weight[N_SPECIALS:]), x_img[s_img])
-            nll_txt = _text_nll(
-                text_head(h_txt), F.linear(h_txt, self.new_head.weight[eos_pad]), x_txt[s_txt], vocab
-            )
-            nll_img = nll_img.new_zeros(s_img.shape).masked_scatter(s_img, nll_img)
-            nll_txt = nll_txt.new_zeros(s_txt.shape).masked_scatter(s_txt, nll_txt)
+        flat_new, flat_text = flat or not _trains(self.new_head), flat or not _trains(text_head)
+        if flat_text:
+            h_txt, x_txt = h[:, txt][s_txt], x_txt[s_txt]  # [M_txt, H], [M_txt]
+        else:
+            h_txt = h[:, txt]  # [B, T, H]
+        if flat_new:
+            img_logits = F.linear(h[:, img][s_img], self.new_head.weight[N_SPECIALS:])  # [M_img, C]
+            x_img = x_img[s_img]
+            end_logits = F.linear(h_txt, self.new_head.weight[eos_pad])
         else:
             new = self.new_head(h[:, 1:])  # [B, L-1, V_new]: one call covering both regions
             n_img = vocab.image_tokens
-            nll_img = _nll(new[:, :n_img, N_SPECIALS:], x_img)
-            nll_txt = _text_nll(text_head(h[:, txt]), new[:, n_img + 1 :, eos_pad], x_txt, vocab)
-            nll_img = torch.where(s_img, nll_img, torch.zeros_like(nll_img))
-            nll_txt = torch.where(s_txt, nll_txt, torch.zeros_like(nll_txt))
+            img_logits, end_logits = new[:, :n_img, N_SPECIALS:], new[:, n_img + 1 :, eos_pad]
+            if flat_text:
+                end_logits = end_logits[s_txt]
+        nll_img = _spread(_nll(img_logits, x_img), s_img, flat=flat_new)
+        nll_txt = _spread(_text_nll(text_head(h_txt), end_logits, x_txt, vocab), s_txt, flat=flat_text)
         edge = nll_img.new_zeros(h.shape[0], 1)
         return torch.cat([edge, nll_img, edge, nll_txt], dim=1)
 
@@ -205,6 +208,18 @@ def _attention_kernel(device: torch.device) -> AbstractContextManager[None]:
     """SDPA on CPU: the math kernel (batched matmuls) is faster than the flash kernel at our sequence lengths
     (``python -m benchmarks``); elsewhere PyTorch chooses."""
     return sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else nullcontext()
+
+
+def _trains(module: nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
+
+
+def _spread(values: torch.Tensor, where: torch.Tensor, *, flat: bool) -> torch.Tensor:
+    """Values at the True positions of ``where`` [B, n], 0 elsewhere, as [B, n]; ``values`` is [M] (one per
+    True position, row-major) when ``flat``, else already [B, n]."""
+    if flat:
+        return values.new_zeros(where.shape).masked_scatter(where, values)
+    return torch.where(where, values, torch.zeros_like(values))
 
 
 def _nll(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

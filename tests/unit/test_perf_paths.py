@@ -81,6 +81,60 @@ def test_compute_loss_switches_to_batch_shaped_heads_under_opacus():
     assert not model.per_sample_hooks_attached()
 
 
+@pytest.mark.parametrize(
+    ("site_trains", "lora_targets"),
+    [
+        (None, None),  # trainable new_head: batch-shaped under Opacus; frozen text head: flat
+        (
+            ["lora", "adaln_offsets"],
+            ["q_proj", "v_proj", "lm_head"],
+        ),  # frozen new_head flat; LoRA text head not
+    ],
+)
+def test_per_sample_gradients_with_frozen_and_trainable_heads(site_trains, lora_targets):
+    """Under Opacus a head runs flat (scored positions of the whole batch) only while it is frozen; per-sample
+    gradients equal one-record-at-a-time gradients either way."""
+    from dataclasses import replace
+
+    from medim.config import ModelConfig, load_preset
+    from medim.model.factory import build_from_config
+
+    cfg = load_preset(ModelConfig, "model", "tiny", **({"site_trains": site_trains} if site_trains else {}))
+    if lora_targets:
+        cfg = replace(cfg, lora=replace(cfg.lora, target_modules=lora_targets))
+    model = build_from_config(cfg, lora=True, seed=0).train()
+    text_head = model.backbone.get_output_embeddings()
+    trains_text = any(p.requires_grad for p in text_head.parameters())
+    assert trains_text == bool(lora_targets) and model.new_head.weight.requires_grad != bool(site_trains)
+    batch = _batch(model, 4)
+    params = dict(model.named_parameters())
+    names = trainable_names(model)
+    reference = []
+    for i in range(4):
+        sub = type(batch)(**{k: getattr(batch, k)[i : i + 1] for k in batch.__dataclass_fields__})
+        model.zero_grad(set_to_none=True)
+        compute_loss(model, sub, autocast_bf16=False).total.backward()
+        reference.append({n: params[n].grad.clone() for n in names})
+    model.zero_grad(set_to_none=True)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    session = privatize(
+        model,
+        opt,
+        noise_multiplier=0.0,
+        max_grad_norm=1e6,
+        expected_batch_size=4,
+        grad_sample_mode="hooks",
+        noise_generator=torch.Generator().manual_seed(0),
+    )
+    try:
+        session.backward(compute_loss(model, batch, autocast_bf16=False).per_sample)
+        for n in names:
+            for i, ref in enumerate(reference):
+                torch.testing.assert_close(params[n].grad_sample[i], ref[n], rtol=1e-5, atol=1e-7, msg=n)
+    finally:
+        session.close()
+
+
 @pytest.mark.parametrize("adaln", ["per_layer", "single"])
 def test_site_trains_lora_and_adaln_offsets(adaln):
     model = medim.build_model("tiny", lora=True, seed=0, adaln=adaln, site_trains=["lora", "adaln_offsets"])

@@ -4,9 +4,11 @@ The backbone is any ``AutoModelForCausalLM``-compatible decoder whose layers hav
 ``self_attn``, ``post_attention_layernorm`` and ``mlp``. It is built from a preset (random weights) or loaded from
 a local pretrained folder, optionally truncated to its first ``keep_layers`` layers.
 
-The causal mask is removed by passing an explicit additive 4D mask ``[B, 1, L, L]`` that hides padding keys
-only; transformers uses an explicit 4D mask as given for every attention implementation (eager and sdpa), while
-``is_causal=False`` on the modules alone leaves eager attention causal.
+The causal mask is removed by passing an explicit 4D mask ``[B, 1, L, L]`` that hides padding keys only;
+transformers uses an explicit 4D mask as given for every attention implementation, while ``is_causal=False`` on
+the modules alone leaves eager attention causal. ``attn_implementation: sdpa`` runs
+:func:`medim.model.attention.bidirectional_attention` (bidirectional by construction: no mask at all when nothing
+is padded); ``eager`` is transformers' own, with the additive mask.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from transformers import (
 )
 
 from medim.config import ConfigError, ModelConfig
+from medim.model.attention import hf_attn_implementation
 
 CONFIG_CLASSES = {"llama": LlamaConfig, "gemma": GemmaConfig, "qwen2": Qwen2Config}
 
@@ -68,13 +71,18 @@ def build_backbone(cfg: ModelConfig, vocab_size: int) -> PreTrainedModel:
         if family != cfg.family:
             raise ConfigError(f"model.family={cfg.family!r} but {path}/config.json says {family!r}")
         model = AutoModelForCausalLM.from_pretrained(
-            path, local_files_only=True, attn_implementation=cfg.attn_implementation, dtype=torch.float32
+            path,
+            local_files_only=True,
+            attn_implementation=hf_attn_implementation(cfg.attn_implementation),
+            dtype=torch.float32,
         )
         if cfg.keep_layers is not None:
             truncate_layers(model, cfg.keep_layers)
     else:
         hf_config = _preset_config(cfg, vocab_size)
-        model = AutoModelForCausalLM.from_config(hf_config, attn_implementation=cfg.attn_implementation)
+        model = AutoModelForCausalLM.from_config(
+            hf_config, attn_implementation=hf_attn_implementation(cfg.attn_implementation)
+        )
     model.config.use_cache = False
     return model
 

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from medim.config import ModelConfig, build_config
+from medim.model.attention import hf_attn_implementation
 from medim.model.lora import apply_lora, is_lora, load_trainable_state, peft_config, trainable_state
 from medim.model.medim import MeDiM
 from medim.tokenize.vocab import Vocab
@@ -53,7 +54,9 @@ def load_checkpoint(path: Path) -> MeDiM:
     cfg = build_config(ModelConfig, meta["model"], where=str(meta_file))
     hf = json.loads((path / "backbone_config.json").read_text())
     hf_config = AutoConfig.for_model(hf.pop("model_type"), **hf)
-    backbone = AutoModelForCausalLM.from_config(hf_config, attn_implementation=cfg.attn_implementation)
+    backbone = AutoModelForCausalLM.from_config(
+        hf_config, attn_implementation=hf_attn_implementation(cfg.attn_implementation)
+    )
     model = MeDiM(cfg, Vocab(**meta["vocab"]), backbone)
     if meta["lora"]:
         apply_lora(model)

@@ -11,17 +11,16 @@ to train (and to travel, in federated rounds).
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import PreTrainedModel
 
 from medim.config import ModelConfig
+from medim.model.attention import ATTENTION
 from medim.model.backbone import bidirectional_mask, decoder_layers
 from medim.model.time import TimeEmbedding, make_adaln
 from medim.tokenize.vocab import N_SPECIALS, Vocab
@@ -107,17 +106,17 @@ class MeDiM(nn.Module):
             raise ValueError(f"x_t has shape {tuple(xt.shape)}, expected [B, {self.vocab.seq_len}]")
         if sigma.shape != (xt.shape[0],):
             raise ValueError(f"sigma has shape {tuple(sigma.shape)}, expected [{xt.shape[0]}]")
-        if key_valid is None:
-            key_valid = torch.ones_like(xt, dtype=torch.bool)
-        eager = self.backbone.config._attn_implementation == "eager"
-        mask = bidirectional_mask(
-            key_valid, additive_dtype=torch.float32 if eager else None, causal=self.cfg.attention == "causal"
-        )
+        causal = self.cfg.attention == "causal"
+        implementation = self.backbone.config._attn_implementation
+        mask = None  # ours is bidirectional by construction: no mask when nothing is padded
+        if key_valid is not None or causal or implementation != ATTENTION:
+            valid = torch.ones_like(xt, dtype=torch.bool) if key_valid is None else key_valid
+            additive = torch.float32 if implementation == "eager" else None
+            mask = bidirectional_mask(valid, additive_dtype=additive, causal=causal)
         if self.time is not None and self.adaln is not None:
             self._mod = self.adaln(self.time(sigma))
         try:
-            with _attention_kernel(xt.device):
-                out = self.backbone.model(inputs_embeds=self.embed(xt), attention_mask=mask, use_cache=False)
+            out = self.backbone.model(inputs_embeds=self.embed(xt), attention_mask=mask, use_cache=False)
         finally:
             self._mod = None
         return out.last_hidden_state
@@ -202,12 +201,6 @@ class MeDiM(nn.Module):
         nll_txt = _spread(_text_nll(text_head(h_txt), end_logits, x_txt, vocab), s_txt, flat=flat_text)
         edge = nll_img.new_zeros(h.shape[0], 1)
         return torch.cat([edge, nll_img, edge, nll_txt], dim=1)
-
-
-def _attention_kernel(device: torch.device) -> AbstractContextManager[None]:
-    """SDPA on CPU: the math kernel (batched matmuls) is faster than the flash kernel at our sequence lengths
-    (``python -m benchmarks``); elsewhere PyTorch chooses."""
-    return sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else nullcontext()
 
 
 def _trains(module: nn.Module) -> bool:

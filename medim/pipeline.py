@@ -7,7 +7,7 @@ start from::
     root/prepared/<site>/<modality>/  prepared folders (``medim-data prepare``), <site> also heldout / public
     root/tokenizer-<hash>/            VQ image tokenizer trained on the public pool (``medim-tokenizer train``)
     root/base-<hash>/                 MeDiM base model pretrained centrally on the public pool (checkpoint folder)
-    root/synth.json                   the synthetic data's settings (seed, scale, image size)
+    root/synth.json                   the synthetic data's settings (seed, scales, image size)
     root/workspace.json               what was built last, with which settings
 
 The tokenizer and the base model are cached by a hash of everything that determines them (:class:`CacheKeys`):
@@ -134,9 +134,18 @@ class CacheKeys:
         diffusion: DiffusionConfig,
         seed: int,
         synth_scale: float,
+        site_scale: float,
     ) -> CacheKeys:
-        """Keys from everything that determines the tokenizer (its config, the data) and the base model."""
-        data = {"seed": seed, "synth_scale": synth_scale, "image_size": tokenizer.resolution}
+        """Keys from everything that determines the tokenizer (its config, the data) and the base model.
+
+        ``site_scale`` does not change the public pool's images, but it does change the ids (and so the order)
+        of its records, hence it is part of the data's key."""
+        data = {
+            "seed": seed,
+            "synth_scale": synth_scale,
+            "site_scale": site_scale,
+            "image_size": tokenizer.resolution,
+        }
         tok = config_hash({"tokenizer": tokenizer.to_dict(), "data": data})
         base = config_hash(
             {
@@ -156,6 +165,7 @@ def bootstrap(
     tokenizer_preset: str | None = None,
     seed: int = 0,
     synth_scale: float = 1.0,
+    site_scale: float = 1.0,
     pretrain: TrainConfig | None = None,
     diffusion: DiffusionConfig | None = None,
     progress: bool = True,
@@ -179,16 +189,18 @@ def bootstrap(
         diffusion=diffusion,
         seed=seed,
         synth_scale=synth_scale,
+        site_scale=site_scale,
     )
     root.mkdir(parents=True, exist_ok=True)
     image_size = vq_cfg.resolution
     synth = root / "synth"
-    synth_cfg = SynthConfig(seed=seed, image_size=image_size, scale=synth_scale)
-    settings = {"seed": seed, "synth_scale": synth_scale, "image_size": image_size}
+    synth_cfg = SynthConfig(seed=seed, image_size=image_size, scale=synth_scale, site_scale=site_scale)
+    settings = {"seed": seed, "synth_scale": synth_scale, "site_scale": site_scale, "image_size": image_size}
     if not (synth / "sites.json").is_file():
         generate(synth_cfg, synth, show_progress=progress)
         (root / SYNTH_FILE).write_text(json.dumps(settings))
     made = json.loads((root / SYNTH_FILE).read_text()) if (root / SYNTH_FILE).is_file() else settings
+    made.setdefault("site_scale", 1.0)  # workspaces made before site_scale existed
     if made != settings:
         raise ConfigError(f"{synth} was generated with {made}, not {settings}: use another workspace folder")
     ws = Workspace(

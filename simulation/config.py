@@ -30,7 +30,8 @@ class SimConfig:
 
     ``preset`` names the model/train presets of the workspace, ``tokenizer`` its image tokenizer preset (empty =
     the one the model preset names); ``sites`` empty means every site of the
-    workspace; ``pretrain_steps`` 0 means the train preset's steps; ``workspace`` empty means ``<out>/workspace``.
+    workspace; ``synth_scale`` multiplies every synthetic count, ``site_scale`` the hospitals' counts once more
+    (DP-SGD needs records per site); ``pretrain_steps`` 0 means the train preset's steps; ``workspace`` empty means ``<out>/workspace``.
     Every site gets the privacy preset ``dp``; ``site_epsilon`` gives some sites their own epsilon budget (sites
     differ); ``dp_seed`` fixes every site's DP sampling and noise (reproducible tests only: it voids the guarantee).
     """
@@ -42,6 +43,7 @@ class SimConfig:
     dp: str = "default"
     sites: list[str] = field(default_factory=list)
     synth_scale: float = 1.0
+    site_scale: float = 1.0
     pretrain_steps: int = 0
     num_cpus: float = 1.0
     workspace: str = ""
@@ -51,6 +53,7 @@ class SimConfig:
 
     def __post_init__(self) -> None:
         check_positive("sim.synth_scale", self.synth_scale)
+        check_positive("sim.site_scale", self.site_scale)
         check(self.pretrain_steps >= 0, "sim.pretrain_steps", self.pretrain_steps, ">= 0 (0 = train preset)")
         check_positive("sim.num_cpus", self.num_cpus)
         check(len(set(self.sites)) == len(self.sites), "sim.sites", self.sites, "distinct site names")

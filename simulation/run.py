@@ -65,6 +65,7 @@ def prepare_workspace(sim: SimConfig, out: Path, *, progress: bool) -> Workspace
         tokenizer_preset=sim.tokenizer or None,
         seed=sim.seed,
         synth_scale=sim.synth_scale,
+        site_scale=sim.site_scale,
         pretrain=pretrain,
         progress=progress,
     )

@@ -249,13 +249,16 @@ def default_public() -> SiteConfig:
 
 @dataclass
 class SynthConfig:
-    """Everything ``medim-data synth`` generates. Counts are multiplied by ``scale`` (at least 1 each);
-    images are drawn at ``native_scale * image_size`` pixels (rows)."""
+    """Everything ``medim-data synth`` generates. Counts are multiplied by ``scale`` (at least 1 each), the
+    hospitals' counts also by ``site_scale`` (the held-out sets and the public pool keep theirs: more records per
+    site is what DP-SGD needs, see docs/privacy.md); images are drawn at ``native_scale * image_size`` pixels
+    (rows)."""
 
     seed: int = 0
     image_size: int = 64
     native_scale: int = 4
     scale: float = 1.0
+    site_scale: float = 1.0
     sites: list[SiteConfig] = field(default_factory=default_sites)
     heldout: SiteConfig = field(default_factory=default_heldout)
     public: SiteConfig = field(default_factory=default_public)
@@ -265,6 +268,7 @@ class SynthConfig:
         _require(8 <= self.image_size <= 1024, "synth.image_size", self.image_size, "[8, 1024]")
         _require(1 <= self.native_scale <= 8, "synth.native_scale", self.native_scale, "[1, 8]")
         _require(self.scale > 0, "synth.scale", self.scale, "> 0")
+        _require(self.site_scale > 0, "synth.site_scale", self.site_scale, "> 0")
         _require(len(self.sites) > 0, "synth.sites", self.sites, "a non-empty list")
         names = [s.name for s in self.sites]
         _require(len(set(names)) == len(names), "synth.sites", names, "unique names")
@@ -272,9 +276,9 @@ class SynthConfig:
             not {"heldout", "public"} & set(names), "synth.sites", names, "names other than heldout/public"
         )
 
-    def count(self, n: int) -> int:
-        """A configured count after ``scale``."""
-        return max(1, round(n * self.scale))
+    def count(self, n: int, role: str) -> int:
+        """A configured count after ``scale`` (and ``site_scale`` for a hospital, ``role`` "site")."""
+        return max(1, round(n * self.scale * (self.site_scale if role == "site" else 1.0)))
 
 
 @dataclass(frozen=True)
@@ -297,8 +301,8 @@ def generate(config: SynthConfig, out: Path, *, show_progress: bool = True) -> d
     """Write every site, the held-out sets and the public pool under ``out``; returns the sites.json content."""
     targets = _targets(config, out)
     total = sum(
-        (config.count(t.site.cxr.studies) if t.site.cxr else 0)
-        + (config.count(t.site.pathology.patches) if t.site.pathology else 0)
+        (config.count(t.site.cxr.studies, t.role) if t.site.cxr else 0)
+        + (config.count(t.site.pathology.patches, t.role) if t.site.pathology else 0)
         for t in targets
     )
     ids = IdAllocator(config.seed)
@@ -313,7 +317,7 @@ def generate(config: SynthConfig, out: Path, *, show_progress: bool = True) -> d
             if site.cxr:
                 bar.set_postfix_str(f"{site.name} cxr")
                 plan = CxrPlan(
-                    config.count(site.cxr.studies),
+                    config.count(site.cxr.studies, target.role),
                     site.cxr.prevalence,
                     site.cxr.scanners,
                     site.cxr.ap_fraction,
@@ -335,7 +339,7 @@ def generate(config: SynthConfig, out: Path, *, show_progress: bool = True) -> d
             if site.pathology:
                 bar.set_postfix_str(f"{site.name} pathgen")
                 path_plan = PathologyPlan(
-                    config.count(site.pathology.patches),
+                    config.count(site.pathology.patches, target.role),
                     site.pathology.tissue_mix,
                     site.pathology.patches_per_slide,
                     site.pathology.wsi_id_key,
@@ -369,6 +373,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scale", type=float, default=1.0, help="multiply every study/patch count (default 1.0)"
     )
+    parser.add_argument(
+        "--site-scale",
+        type=float,
+        default=1.0,
+        help="multiply the hospitals' counts once more (not held-out, not public; default 1.0)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -376,7 +386,11 @@ def run(args: argparse.Namespace) -> int:
     """Generate the synthetic federation from parsed arguments; prints counts per site; returns the exit code."""
     try:
         config = SynthConfig(
-            seed=args.seed, image_size=args.image_size, native_scale=args.native_scale, scale=args.scale
+            seed=args.seed,
+            image_size=args.image_size,
+            native_scale=args.native_scale,
+            scale=args.scale,
+            site_scale=args.site_scale,
         )
     except ConfigError as err:
         print(f"medim-data synth: {err}")

@@ -259,11 +259,20 @@ def test_sites_are_non_iid(out):
     assert "squamous_cell_carcinoma" not in sites["public"]["pathgen"]["prevalence"]["tissue"]
 
 
+def test_site_scale_multiplies_only_the_hospitals() -> None:
+    config = synthetic.SynthConfig(scale=0.5, site_scale=3)
+    assert config.count(80, "site") == 120
+    assert config.count(50, "heldout") == 25
+    assert config.count(150, "public") == 75
+    assert synthetic.SynthConfig(site_scale=0.001).count(80, "site") == 1
+
+
 @pytest.mark.parametrize(
     ("make", "needle"),
     [
         (lambda: synthetic.SynthConfig(image_size=4), "synth.image_size=4"),
         (lambda: synthetic.SynthConfig(scale=0), "synth.scale=0"),
+        (lambda: synthetic.SynthConfig(site_scale=-1), "synth.site_scale=-1"),
         (
             lambda: synthetic.SiteConfig("x", cxr=synthetic.CxrSiteConfig(prevalence={"nodule": 1.5})),
             "site[x].cxr.prevalence[nodule]=1.5",

@@ -27,12 +27,12 @@ from flwr.server.strategy import FedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from safetensors.numpy import save_file
 
-from client.protocol import TrainInstructions
 from medim.config import check, check_positive
 from medim.model.lora import apply_lora, trainable_state
 from medim.pipeline import Workspace
 from server.app import Scalar, ServerPlan
 from server.config import FLConfig
+from server.loop import round_instructions
 
 MAIN_PARAMS_RECORD = "parameters"  # flwr.server.workflow.constant
 
@@ -68,16 +68,10 @@ class SecAggConfig:
 
 
 def fit_config(fl: FLConfig, server_round: int) -> dict[str, int | float]:
-    """The round's task, as the legacy fit config (the same keys as :class:`TrainInstructions`)."""
-    instructions = TrainInstructions(
-        server_round=server_round,
-        local_steps=fl.local_steps,
-        lr=fl.lr,
-        batch_size=fl.batch_size,
-        warmup_steps=fl.warmup_steps,
-        seed=fl.seed,
-    )
-    return {k: v for k, v in instructions.to_record().items() if isinstance(v, int | float)}
+    """The round's task (:func:`server.loop.round_instructions`, FedProx's mu included) as the legacy fit
+    config: the numeric keys of :class:`TrainInstructions` (SecAgg+ quantizes, so no ``transport``)."""
+    record = round_instructions(fl, server_round).to_record()
+    return {k: v for k, v in record.items() if isinstance(v, int | float)}
 
 
 def secure_rounds(grid, context: Context, plan: ServerPlan, cfg: SecAggConfig) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]

@@ -11,6 +11,7 @@ is an error naming the file: silently starting from zero would erase the site's 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -124,15 +125,12 @@ class PrivacyLedger:
         """Epsilon at ``self.delta`` of the whole history (plus ``planned`` steps, when given)."""
         if self.non_private_rounds:
             return math.inf
-        history = [*self.history, *([planned] if planned is not None else [])]
-        history = [e for e in history if e.steps > 0]
+        history = merge([*self.history, *([planned] if planned is not None else [])])
         if not history:
             return 0.0
         if any(e.noise_multiplier == 0 for e in history):
             return math.inf
-        acc = create_accountant(self.accountant)
-        acc.history = [(e.noise_multiplier, e.sample_rate, e.steps) for e in history]
-        return float(acc.get_epsilon(delta=self.delta))
+        return _epsilon(self.accountant, self.delta, tuple(history))
 
     def with_round(self, history: list[LedgerEntry]) -> PrivacyLedger:
         """A new ledger: ``history`` (this one's plus the round's steps) and one more round."""
@@ -175,6 +173,15 @@ class PrivacyLedger:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+@functools.lru_cache(maxsize=512)
+def _epsilon(accountant: str, delta: float, history: tuple[LedgerEntry, ...]) -> float:
+    """The accountant's epsilon of a merged history; memoised: a site round asks for the same one several times
+    (budget check, write-ahead, reply), and one accountant call costs 0.2 s (rdp) to 0.5 s (prv) here."""
+    acc = create_accountant(accountant)
+    acc.history = [(e.noise_multiplier, e.sample_rate, e.steps) for e in history]
+    return float(acc.get_epsilon(delta=delta))
 
 
 def merge(history: list[LedgerEntry]) -> list[LedgerEntry]:

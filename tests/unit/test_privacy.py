@@ -222,6 +222,21 @@ def test_ledger_golden_rdp_epsilon(tmp_path):
     assert PrivacyLedger(tmp_path / "x.json", accountant="rdp", delta=1e-5).epsilon() == 0.0
 
 
+def test_planned_epsilon_equals_the_accountant_on_the_unmerged_history(tmp_path):
+    from opacus.accountants import RDPAccountant
+
+    ledger = PrivacyLedger(tmp_path / "l.json", accountant="rdp", delta=1e-5)
+    ledger = ledger.with_round([LedgerEntry(1.0, 0.1, 15)])
+    ledger = ledger.with_round([*ledger.history, LedgerEntry(1.0, 0.1, 15)])
+    planned = LedgerEntry(1.0, 0.1, 15)
+    acc = RDPAccountant()
+    acc.history = [(1.0, 0.1, 15)] * 3
+    expected = acc.get_epsilon(delta=1e-5)
+    assert ledger.epsilon(planned) == pytest.approx(expected, rel=1e-12)
+    assert ledger.epsilon(planned) == ledger.epsilon(planned)  # memoised: the same value again
+    assert ledger.epsilon() < ledger.epsilon(planned) < ledger.epsilon(LedgerEntry(1.0, 0.1, 30))
+
+
 def test_ledger_persists_across_restarts_and_never_decreases(tmp_path):
     path = tmp_path / "state" / "ledger.json"
     entry = LedgerEntry(1.1, 0.05, 30)

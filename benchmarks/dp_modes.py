@@ -21,6 +21,7 @@ import medim
 from benchmarks.machine import describe
 from medim.config import DiffusionConfig
 from medim.diffusion import add_noise
+from medim.malloc import retain_freed_memory
 from medim.model.lora import apply_lora
 from medim.privacy_sgd import privatize
 from medim.train import compute_loss
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results-dp-modes.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    retain_freed_memory()  # as the training loop does (medim.malloc)
     steps: dict[str, Callable[[], None]] = {}
     times: dict[str, list[float]] = {mode: [] for mode in MODES}
     trainable = 0

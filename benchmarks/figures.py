@@ -18,14 +18,17 @@ import medim
 from benchmarks.dp_modes import make_step
 from benchmarks.train_throughput import measure
 from medim.config import SamplerConfig
+from medim.malloc import retain_freed_memory
 from medim.model.lora import trainable_state
 from medim.model.transport import encode_state, state_nbytes
 from medim.sampling import joint_prompt, sample
 
 
 def dp_overhead(preset: str, *, steps: int, modes: tuple[str, ...], batch: int = 16) -> dict[str, Any]:
-    """Median DP-SGD step time / plain step time per Opacus mode, modes run round-robin in one process."""
+    """Median DP-SGD step time / plain step time per Opacus mode, modes run round-robin in one process (malloc
+    set as the training loop sets it, :mod:`medim.malloc`)."""
     torch.set_num_threads(1)
+    retain_freed_memory()
     fns = {mode: make_step(mode, preset, batch)[0] for mode in ("plain", *modes)}
     for fn in fns.values():
         fn()

@@ -23,6 +23,7 @@ import medim
 from benchmarks.machine import matmul_flops
 from medim.config import DiffusionConfig
 from medim.diffusion import NoisedBatch, add_noise
+from medim.malloc import retain_freed_memory
 from medim.model.medim import MeDiM
 from medim.train import compute_loss
 
@@ -97,6 +98,7 @@ def measure(
 ) -> Throughput:
     """Median of ``steps`` timed local steps (after one warm-up), each followed by a 0.3 s ceiling block."""
     torch.set_num_threads(threads)
+    retain_freed_memory()  # as the training loop does (medim.malloc)
     model = medim.build_model(preset, seed=0, lora=lora, **(overrides or {})).train()
     x0 = records(model, batch_size)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -3,8 +3,9 @@
 Trains whatever parameters of the model require grad on clean sequences x0 [N, L]: every step draws a batch of
 record indices, noises the batch (task mix, times), computes the diffusion loss, and hands it to an update rule
 (:func:`train_local`: AdamW with gradient clipping; :mod:`medim.privacy`: DP-SGD). The learning rate follows
-warmup + cosine. On CPU, bf16 autocast (fp32 master weights) is used when configured. With ``proximal_mu > 0``
-FedProx's proximal term pulls the trainable tensors toward an anchor (:mod:`medim.proximal`).
+warmup + cosine. On CPU, bf16 autocast (fp32 master weights) is used when configured; glibc keeps freed memory
+for the next step (:mod:`medim.malloc`). With ``proximal_mu > 0`` FedProx's proximal term pulls the trainable
+tensors toward an anchor (:mod:`medim.proximal`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tqdm import tqdm
 
 from medim.config import DiffusionConfig, TrainConfig
 from medim.diffusion import Loss, NoisedBatch, add_noise, loss_from_nll
+from medim.malloc import retain_freed_memory
 from medim.model.medim import MeDiM
 from medim.moments import Moments
 from medim.proximal import ProximalTerm
@@ -117,6 +119,7 @@ def run_steps(
     """
     if train.threads:
         torch.set_num_threads(train.threads)
+    retain_freed_memory()  # the steps reuse resident memory (medim.malloc)
     model.train()
     result = TrainResult(steps=0, seconds=0.0, tokens_per_second=0.0)
     tokens = 0

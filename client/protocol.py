@@ -120,7 +120,8 @@ def wire_dtype(dtype: np.dtype, transport: str) -> np.dtype:
     return WIRE_DTYPES[transport] if np.issubdtype(dtype, np.floating) else np.dtype(dtype)
 
 
-def _to_wire(value: torch.Tensor) -> np.ndarray:
+def to_wire(value: torch.Tensor) -> np.ndarray:
+    """A tensor already in its transport dtype as the numpy array that travels (bfloat16 as uint16 bits)."""
     value = value.detach().cpu().contiguous()
     if value.dtype == torch.bfloat16:
         return value.view(torch.int16).numpy().view(np.uint16)
@@ -142,7 +143,7 @@ def from_wire(value: np.ndarray, transport: str) -> np.ndarray:
 def state_to_record(state: dict[str, torch.Tensor], transport: str = "float32") -> ArrayRecord:
     """Trainable state -> ArrayRecord in ``transport`` (numpy serialisation, keys kept in order)."""
     encoded = encode_state(state, transport)
-    return ArrayRecord({k: Array(_to_wire(v)) for k, v in encoded.items()})
+    return ArrayRecord({k: Array(to_wire(v)) for k, v in encoded.items()})
 
 
 def arrays_to_record(arrays: dict[str, np.ndarray], transport: str = "float32") -> ArrayRecord:

@@ -33,14 +33,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 import yaml
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.app import handle_train, site_config_path
 from client.config import load_site_config
-from client.protocol import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, TrainInstructions, roll_call_reply
+from client.protocol import (
+    ARRAYS,
+    CONFIG,
+    METRICS,
+    NUM_EXAMPLES,
+    TrainInstructions,
+    record_to_arrays,
+    roll_call_reply,
+    to_wire,
+)
 from medim.config import ConfigError, build_config, check, check_choice, config_dir, presets
+from medim.model.transport import TRANSPORT_DTYPES
 from server.config import FLConfig
 
 KINDS = (
@@ -118,18 +129,27 @@ def load_fault_plan(name: str) -> FaultPlan:
     return plan
 
 
-def corrupt(content: RecordDict, fault: Fault, *, global_arrays: Mapping[str, np.ndarray]) -> RecordDict:
+def corrupt(
+    content: RecordDict,
+    fault: Fault,
+    *,
+    global_arrays: Mapping[str, np.ndarray],
+    transport: str = "float32",
+) -> RecordDict:
     """A copy of an honest train reply's content with ``fault`` applied (reply-side kinds only).
 
     Args:
-        content: the site's reply content (``arrays``, ``metrics``, ``site``).
-        global_arrays: the state the site was sent ({name: array}); ``sign_flip``/``scale`` act on the update.
+        content: the site's reply content (``arrays``, ``metrics``, ``site``), arrays in ``transport``.
+        global_arrays: the state the site was sent, decoded ({name: float32 array}); ``sign_flip``/``scale``
+            act on the update.
+        transport: the round's wire dtype: the fault is applied to the decoded values and the result sent in it
+            again (a NaN stays a NaN in bfloat16 bits).
     """
     reported = content.get(METRICS)
     metrics: dict[str, Any] = dict(reported.items()) if isinstance(reported, MetricRecord) else {}
     out = RecordDict({k: v for k, v in content.items() if k not in (ARRAYS, METRICS)})
     record = content.get(ARRAYS)
-    arrays = {k: v.numpy() for k, v in record.items()} if isinstance(record, ArrayRecord) else {}
+    arrays = record_to_arrays(record, transport) if isinstance(record, ArrayRecord) else {}
     first = next(iter(arrays), None)
     if fault.kind in ("nan", "inf", "wrong_shape", "huge_norm") and first is not None:
         value = arrays[first].copy()
@@ -156,8 +176,18 @@ def corrupt(content: RecordDict, fault: Fault, *, global_arrays: Mapping[str, np
         metrics["server-round"] = int(metrics.get("server-round", 1)) - 1
     out[METRICS] = MetricRecord(metrics)
     if record is not None:
-        out[ARRAYS] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+        out[ARRAYS] = _encode(arrays, transport)
     return out
+
+
+def _encode(arrays: Mapping[str, np.ndarray], transport: str) -> ArrayRecord:
+    """Arrays in the wire dtype of ``transport``; unlike a site's encoder no range check (a fault may be inf)."""
+    target = TRANSPORT_DTYPES[transport]
+    wire = {}
+    for k, v in arrays.items():
+        value = torch.from_numpy(np.ascontiguousarray(v))
+        wire[k] = Array(to_wire(value.to(target) if value.is_floating_point() else value))
+    return ArrayRecord(wire)
 
 
 def faulty_client_app(plan: FaultPlan, defaults: Mapping[str, Scalar]) -> ClientApp:
@@ -169,7 +199,8 @@ def faulty_client_app(plan: FaultPlan, defaults: Mapping[str, Scalar]) -> Client
         site = load_site_config(site_config_path(context, defaults))
         config = msg.content[CONFIG]
         assert isinstance(config, ConfigRecord)
-        server_round = TrainInstructions.from_record(config).server_round
+        instructions = TrainInstructions.from_record(config)
+        server_round = instructions.server_round
         faults = plan.for_site(site.name, server_round)
         for fault in faults:
             if fault.kind == "crash":
@@ -179,10 +210,10 @@ def faulty_client_app(plan: FaultPlan, defaults: Mapping[str, Scalar]) -> Client
         reply = handle_train(msg, site)
         record = msg.content[ARRAYS]
         assert isinstance(record, ArrayRecord)
-        global_arrays = {k: v.numpy() for k, v in record.items()}
+        global_arrays = record_to_arrays(record, instructions.transport)
         content = reply.content
         for fault in faults:
-            content = corrupt(content, fault, global_arrays=global_arrays)
+            content = corrupt(content, fault, global_arrays=global_arrays, transport=instructions.transport)
         return Message(content, reply_to=msg)
 
     @app.query()

@@ -14,19 +14,19 @@ ROUND = 3
 BOUNDS = ValidationConfig(max_update_norm=5.0, max_num_examples=1000)
 
 
-def honest():
+def honest(transport="float32"):
     gen = torch.Generator().manual_seed(0)
     glob = {"a.lora_A": torch.randn(4, 6, generator=gen), "b.lora_B": torch.randn(6, 4, generator=gen)}
     state = {k: v + 0.05 * torch.randn(v.shape, generator=gen) for k, v in glob.items()}
     metrics = {"num-examples": 12, "server-round": ROUND, "steps": 4, "refused": 0, "epsilon": 1.5}
-    content = train_reply(site="hospital-a", state=state, metrics=metrics)
+    content = train_reply(site="hospital-a", state=state, metrics=metrics, transport=transport)
     return content, {k: v.numpy() for k, v in glob.items()}
 
 
-def judge(kind: str, **kw):
-    content, glob = honest()
-    bad = corrupt(content, Fault(site="hospital-a", kind=kind, **kw), global_arrays=glob)
-    return check_content(bad, global_arrays=glob, server_round=ROUND, bounds=BOUNDS)
+def judge(kind: str, transport="float32", **kw):
+    content, glob = honest(transport)
+    bad = corrupt(content, Fault(site="hospital-a", kind=kind, **kw), global_arrays=glob, transport=transport)
+    return check_content(bad, global_arrays=glob, server_round=ROUND, bounds=BOUNDS, transport=transport)
 
 
 def test_the_honest_reply_is_accepted():
@@ -47,8 +47,9 @@ def test_the_honest_reply_is_accepted():
         ("stale_round", {}, "round mismatch: reply is for round 2, expected 3"),
     ],
 )
-def test_bad_updates_are_rejected_with_a_reason(kind, kw, reason):
-    verdict = judge(kind, **kw)
+@pytest.mark.parametrize("transport", ["float32", "bfloat16"])
+def test_bad_updates_are_rejected_with_a_reason(kind, kw, reason, transport):
+    verdict = judge(kind, transport, **kw)
     assert verdict.status == REJECTED and reason in verdict.reason and verdict.arrays is None
 
 

@@ -22,6 +22,7 @@ from transformers import PreTrainedModel
 from medim.config import ModelConfig
 from medim.model.attention import ATTENTION
 from medim.model.backbone import bidirectional_mask, decoder_layers
+from medim.model.head import ScoredHead, functorch_attached
 from medim.model.time import TimeEmbedding, make_adaln
 from medim.tokenize.vocab import N_SPECIALS, Vocab
 
@@ -44,7 +45,8 @@ class MeDiM(nn.Module):
         hidden = backbone.config.hidden_size
         n_new = vocab.size - vocab.text_size
         self.new_embed = nn.Embedding(n_new, hidden)
-        self.new_head = nn.Linear(hidden, n_new, bias=False)
+        self._eos_pad = slice(vocab.eos - vocab.text_size, vocab.pad - vocab.text_size + 1)
+        self.new_head = ScoredHead(hidden, n_new, groups=(slice(N_SPECIALS, None), self._eos_pad))
         with torch.no_grad():
             self.new_embed.weight.normal_(0.0, float(base_embed.weight.std()))
             self.new_head.weight.normal_(0.0, float(base_head.weight.std()))
@@ -137,8 +139,7 @@ class MeDiM(nn.Module):
     def text_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Hidden states [..., H] of text positions -> logits [..., text_size + 2] over the text ids, then
         ``<eos>``, ``<pad>`` (:meth:`text_region_ids`): the allowed columns of :meth:`forward` at text positions."""
-        n_text = self.vocab.text_size
-        eos_pad = self.new_head.weight[self.vocab.eos - n_text : self.vocab.pad - n_text + 1]
+        eos_pad = self.new_head.weight[self._eos_pad]
         return torch.cat([self.backbone.get_output_embeddings()(h), F.linear(h, eos_pad)], dim=-1)
 
     def text_region_ids(self) -> torch.Tensor:
@@ -166,39 +167,36 @@ class MeDiM(nn.Module):
 
         Args:
             xt, x0: LongTensor [B, L]; sigma: FloatTensor [B]; scored: BoolTensor [B, L] (image/text positions).
-            flat: compute the heads only at scored positions, gathered across the batch (cheapest). Default: flat
-                unless Opacus' per-sample hooks are attached; then every head holding trainable tensors sees
-                [B, positions, H] exactly once per forward, as per-sample gradient engines require. A frozen head
-                runs flat either way (it needs no per-sample gradients, only the input gradient).
+            flat: run the heads only at scored positions, gathered across the batch (cheapest), or on
+                [B, positions, H]. Default: ``new_head`` runs flat except under Opacus' functorch mode (its grad
+                sampler, :mod:`medim.model.head`, takes flat rows with their per-sample counts); the text head runs
+                flat unless Opacus' hooks are attached and it holds trainable tensors (LoRA), since per-sample
+                gradient engines need it to see [B, positions, H] exactly once per forward.
         Returns:
             FloatTensor [B, L] (fp32), 0 where not scored.
         """
-        if flat is None:
-            flat = not self.per_sample_hooks_attached()
-        h = self.hidden_states(xt, sigma)
-        vocab, n_text = self.vocab, self.vocab.text_size
-        img, txt = vocab.image_slice, vocab.text_slice
-        x_img, x_txt = x0[:, img] - vocab.image_offset, x0[:, txt]
-        s_img, s_txt = scored[:, img], scored[:, txt]
+        hooks = self.per_sample_hooks_attached()
         text_head = self.backbone.get_output_embeddings()
-        eos_pad = slice(vocab.eos - n_text, vocab.pad - n_text + 1)
-        flat_new, flat_text = flat or not _trains(self.new_head), flat or not _trains(text_head)
-        if flat_text:
-            h_txt, x_txt = h[:, txt][s_txt], x_txt[s_txt]  # [M_txt, H], [M_txt]
-        else:
-            h_txt = h[:, txt]  # [B, T, H]
+        flat_text = flat if flat is not None else not (hooks and _trains(text_head))
+        flat_new = flat if flat is not None else not functorch_attached(self.new_head)
+        h = self.hidden_states(xt, sigma)
+        vocab = self.vocab
+        h_img, h_txt = h[:, vocab.image_slice], h[:, vocab.text_slice]  # [B, I, H], [B, T, H]
+        s_img, s_txt = scored[:, vocab.image_slice], scored[:, vocab.text_slice]
+        x_img = x0[:, vocab.image_slice][s_img] - vocab.image_offset  # [M_img]
+        x_txt = x0[:, vocab.text_slice][s_txt]  # [M_txt]
+        rows_txt = h_txt[s_txt]  # [M_txt, H]
+        txt_logits = text_head(rows_txt) if flat_text else text_head(h_txt)[s_txt]  # [M_txt, text_size]
         if flat_new:
-            img_logits = F.linear(h[:, img][s_img], self.new_head.weight[N_SPECIALS:])  # [M_img, C]
-            x_img = x_img[s_img]
-            end_logits = F.linear(h_txt, self.new_head.weight[eos_pad])
+            counts = torch.stack([s_img.sum(1), s_txt.sum(1)], dim=1)  # [B, 2]: rows per sample per group
+            img_logits, end_logits = self.new_head.scored([h_img[s_img], rows_txt], counts)
         else:
             new = self.new_head(h[:, 1:])  # [B, L-1, V_new]: one call covering both regions
             n_img = vocab.image_tokens
-            img_logits, end_logits = new[:, :n_img, N_SPECIALS:], new[:, n_img + 1 :, eos_pad]
-            if flat_text:
-                end_logits = end_logits[s_txt]
-        nll_img = _spread(_nll(img_logits, x_img), s_img, flat=flat_new)
-        nll_txt = _spread(_text_nll(text_head(h_txt), end_logits, x_txt, vocab), s_txt, flat=flat_text)
+            img_logits = new[:, :n_img, N_SPECIALS:][s_img]  # [M_img, C]
+            end_logits = new[:, n_img + 1 :, self._eos_pad][s_txt]  # [M_txt, 2]
+        nll_img = _spread(_nll(img_logits, x_img), s_img)
+        nll_txt = _spread(_text_nll(txt_logits, end_logits, x_txt, vocab), s_txt)
         edge = nll_img.new_zeros(h.shape[0], 1)
         return torch.cat([edge, nll_img, edge, nll_txt], dim=1)
 
@@ -207,12 +205,9 @@ def _trains(module: nn.Module) -> bool:
     return any(p.requires_grad for p in module.parameters())
 
 
-def _spread(values: torch.Tensor, where: torch.Tensor, *, flat: bool) -> torch.Tensor:
-    """Values at the True positions of ``where`` [B, n], 0 elsewhere, as [B, n]; ``values`` is [M] (one per
-    True position, row-major) when ``flat``, else already [B, n]."""
-    if flat:
-        return values.new_zeros(where.shape).masked_scatter(where, values)
-    return torch.where(where, values, torch.zeros_like(values))
+def _spread(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """values [M] (one per True position of ``where`` [B, n], row-major) -> [B, n], 0 elsewhere."""
+    return values.new_zeros(where.shape).masked_scatter(where, values)
 
 
 def _nll(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -58,7 +58,9 @@ def test_scored_nll_equals_full_logits_loss_and_gradients(flat):
         torch.testing.assert_close(params[n].grad, want[n], rtol=1e-4, atol=1e-7, msg=n)
 
 
-def test_compute_loss_switches_to_batch_shaped_heads_under_opacus():
+@pytest.mark.parametrize(("mode", "flat"), [("hooks", True), ("ghost", True), ("functorch", False)])
+def test_new_head_runs_flat_under_opacus_except_functorch(mode, flat):
+    """hooks/ghost: one scored call (image rows, text rows, counts [B, 2]); functorch: one [B, L-1, H] call."""
     model = apply_lora(medim.build_model("tiny", seed=0)).train()
     assert not model.per_sample_hooks_attached()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
@@ -68,23 +70,34 @@ def test_compute_loss_switches_to_batch_shaped_heads_under_opacus():
         noise_multiplier=0.0,
         max_grad_norm=1e6,
         expected_batch_size=4,
-        grad_sample_mode="hooks",
+        grad_sample_mode=mode,
         noise_generator=torch.Generator().manual_seed(0),
+    )
+    calls = []
+    handle = model.new_head.register_forward_hook(
+        lambda _m, inputs, _out: calls.append([x.shape for x in inputs])
     )
     try:
         assert model.per_sample_hooks_attached()
         batch = _batch(model, 4)
         session.backward(compute_loss(model, batch, autocast_bf16=False).per_sample)
-        assert model.new_head.weight.grad_sample.shape[0] == 4
+        if mode != "ghost":
+            assert model.new_head.weight.grad_sample.shape[0] == 4
     finally:
+        handle.remove()
         session.close()
     assert not model.per_sample_hooks_attached()
+    assert len(calls) == 1
+    if flat:
+        assert len(calls[0]) == 3 and calls[0][2] == (4, 2)
+    else:
+        assert calls[0] == [(4, model.vocab.seq_len - 1, model.new_head.in_features)]
 
 
 @pytest.mark.parametrize(
     ("site_trains", "lora_targets"),
     [
-        (None, None),  # trainable new_head: batch-shaped under Opacus; frozen text head: flat
+        (None, None),  # trainable new_head: scored rows + per-sample counts; frozen text head: flat
         (
             ["lora", "adaln_offsets"],
             ["q_proj", "v_proj", "lm_head"],
@@ -92,8 +105,8 @@ def test_compute_loss_switches_to_batch_shaped_heads_under_opacus():
     ],
 )
 def test_per_sample_gradients_with_frozen_and_trainable_heads(site_trains, lora_targets):
-    """Under Opacus a head runs flat (scored positions of the whole batch) only while it is frozen; per-sample
-    gradients equal one-record-at-a-time gradients either way."""
+    """Under Opacus' hooks the text head runs flat only while it is frozen, new_head always (its grad sampler
+    takes the rows' per-sample counts); per-sample gradients equal one-record-at-a-time gradients either way."""
     from dataclasses import replace
 
     from medim.config import ModelConfig, load_preset

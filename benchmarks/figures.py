@@ -171,6 +171,21 @@ def sampling_speed(preset: str, *, batch: int = 4, repeats: int = 1) -> dict[str
     return out
 
 
+# Peak resident memory of this process's own address space: /proc's VmHWM starts afresh at exec, whereas
+# ru_maxrss keeps the high-water mark of the process image exec replaced (the forking parent's, here the
+# benchmark process itself, which had reported the parent's RSS for both children).
+_PEAK = """
+def peak_rss_gb():
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+"""
+
 _CLIENT = """
 import json, resource, sys, torch
 import medim
@@ -184,7 +199,7 @@ x0 = records(model, 256)
 train = TrainConfig(steps=steps, batch_size=16, lr=1e-4, warmup_steps=1, autocast_bf16=True)
 train_private(model, x0, diffusion=DiffusionConfig(), train=train, privacy=PrivacyConfig(delta=1e-3),
               ledger_path=ledger, progress=False)
-print(json.dumps({"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+print(json.dumps({"peak_rss_gb": peak_rss_gb()}))
 """
 
 _SERVER = """
@@ -196,13 +211,17 @@ from benchmarks.train_throughput import records
 torch.set_num_threads(1)
 model = medim.build_model(sys.argv[1], seed=0, lora=True)
 heldout_loss(model, records(model, 64), diffusion=DiffusionConfig(), t_grid=(0.25, 0.5, 0.75), seed=0)
-print(json.dumps({"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+print(json.dumps({"peak_rss_gb": peak_rss_gb()}))
 """
 
 
 def _child(code: str, *args: str) -> float:
     done = subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=True, cwd=Path.cwd()
+        [sys.executable, "-c", _PEAK + code, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path.cwd(),
     )
     return float(json.loads(done.stdout.strip().splitlines()[-1])["peak_rss_gb"])
 

@@ -60,13 +60,13 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def compute_loss(model: MeDiM, batch: NoisedBatch, *, autocast_bf16: bool) -> Loss:
-    """Forward pass and diffusion loss for a noised batch (bf16 autocast on CPU when asked).
+    """Forward pass and diffusion loss for a noised batch (bf16 autocast on the batch's device when asked).
 
     Scores only the masked target positions through :meth:`MeDiM.scored_nll` (region-split heads, no [B, L, V]
     logits); equal to ``diffusion_loss(model(xt, sigma), batch, vocab)`` up to floating-point rounding, and
     per-sample-gradient safe under Opacus (the model switches to batch-shaped heads while its hooks are on).
     """
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast_bf16):
+    with torch.autocast(batch.xt.device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
         nll = model.scored_nll(batch.xt, batch.sigma, batch.x0, batch.masked & batch.target)
     return loss_from_nll(nll, batch, model.vocab)
 

@@ -386,3 +386,21 @@ def test_sampling_quality_compares_both_samplers_on_both_sets(tmp_path):
         value = result[f"{name}_relative_difference"]
         assert value is None or value >= 0
     assert result["seconds"]["slow"] > 0 and result["speedup"] > 0
+
+
+def test_gpu_script_runs_its_step_on_cpu_with_the_tiny_shape(tmp_path):
+    from benchmarks import gpu
+
+    out = tmp_path / "gpu.json"
+    assert gpu.main(["--shape", "tiny", "--steps", "1", "--device", "cpu", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["seq_len"] == 16 + 14 + 2 and result["layers"] == 2
+    assert 0 < result["mfu"] < 1 and result["seconds_per_step"] > 0 and result["peak_memory_gb"] > 0
+    model = gpu.build("tiny", torch.device("cpu"))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or "time" in n or "adaln" in n for n in trainable), sorted(
+        trainable
+    )[:5]
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters() if not p.requires_grad)
+    with pytest.raises(SystemExit):
+        gpu.main(["--shape", "liquid-7b", "--device", "cpu", "--out", str(out)])

@@ -76,9 +76,11 @@ def start(script: str, *args: str) -> subprocess.Popen:
 
 
 def kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL the process and every descendant it started (Ray's head and workers included)."""
+    """SIGKILL the process and every descendant it started (Ray's head and workers included); the process
+    first, so it cannot see its children die and exit on its own (rc 1) before its own SIGKILL lands."""
     try:
-        family = [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]
+        parent = psutil.Process(proc.pid)
+        family = [parent, *parent.children(recursive=True)]
     except psutil.NoSuchProcess:
         family = []
     for p in family:

@@ -58,21 +58,26 @@ def test_scored_nll_equals_full_logits_loss_and_gradients(flat):
         torch.testing.assert_close(params[n].grad, want[n], rtol=1e-4, atol=1e-7, msg=n)
 
 
+def _noiseless_session(model, mode: str, records: int = 4):
+    """Opacus on ``model`` without noise or effective clipping: the per-sample gradients as they are."""
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    return privatize(
+        model,
+        opt,
+        noise_multiplier=0.0,
+        max_grad_norm=1e6,
+        expected_batch_size=records,
+        grad_sample_mode=mode,
+        noise_generator=torch.Generator().manual_seed(0),
+    )
+
+
 @pytest.mark.parametrize(("mode", "flat"), [("hooks", True), ("ghost", True), ("functorch", False)])
 def test_new_head_runs_flat_under_opacus_except_functorch(mode, flat):
     """hooks/ghost: one scored call (image rows, text rows, counts [B, 2]); functorch: one [B, L-1, H] call."""
     model = apply_lora(medim.build_model("tiny", seed=0)).train()
     assert not model.per_sample_hooks_attached()
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    session = privatize(
-        model,
-        opt,
-        noise_multiplier=0.0,
-        max_grad_norm=1e6,
-        expected_batch_size=4,
-        grad_sample_mode=mode,
-        noise_generator=torch.Generator().manual_seed(0),
-    )
+    session = _noiseless_session(model, mode)
     calls = []
     handle = model.new_head.register_forward_hook(
         lambda _m, inputs, _out: calls.append([x.shape for x in inputs])
@@ -92,6 +97,28 @@ def test_new_head_runs_flat_under_opacus_except_functorch(mode, flat):
         assert len(calls[0]) == 3 and calls[0][2] == (4, 2)
     else:
         assert calls[0] == [(4, model.vocab.seq_len - 1, model.new_head.in_features)]
+
+
+def _assert_hooks_per_sample_gradients_exact(model, records: int = 4):
+    """Opacus hooks' per-sample gradients of every trainable tensor equal one-record-at-a-time gradients."""
+    batch = _batch(model, records)
+    params = dict(model.named_parameters())
+    names = trainable_names(model)
+    reference = []
+    for i in range(records):
+        sub = type(batch)(**{k: getattr(batch, k)[i : i + 1] for k in batch.__dataclass_fields__})
+        model.zero_grad(set_to_none=True)
+        compute_loss(model, sub, autocast_bf16=False).total.backward()
+        reference.append({n: params[n].grad.clone() for n in names})
+    model.zero_grad(set_to_none=True)
+    session = _noiseless_session(model, "hooks", records)
+    try:
+        session.backward(compute_loss(model, batch, autocast_bf16=False).per_sample)
+        for n in names:
+            for i, ref in enumerate(reference):
+                torch.testing.assert_close(params[n].grad_sample[i], ref[n], rtol=1e-5, atol=1e-7, msg=n)
+    finally:
+        session.close()
 
 
 @pytest.mark.parametrize(
@@ -119,33 +146,7 @@ def test_per_sample_gradients_with_frozen_and_trainable_heads(site_trains, lora_
     text_head = model.backbone.get_output_embeddings()
     trains_text = any(p.requires_grad for p in text_head.parameters())
     assert trains_text == bool(lora_targets) and model.new_head.weight.requires_grad != bool(site_trains)
-    batch = _batch(model, 4)
-    params = dict(model.named_parameters())
-    names = trainable_names(model)
-    reference = []
-    for i in range(4):
-        sub = type(batch)(**{k: getattr(batch, k)[i : i + 1] for k in batch.__dataclass_fields__})
-        model.zero_grad(set_to_none=True)
-        compute_loss(model, sub, autocast_bf16=False).total.backward()
-        reference.append({n: params[n].grad.clone() for n in names})
-    model.zero_grad(set_to_none=True)
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    session = privatize(
-        model,
-        opt,
-        noise_multiplier=0.0,
-        max_grad_norm=1e6,
-        expected_batch_size=4,
-        grad_sample_mode="hooks",
-        noise_generator=torch.Generator().manual_seed(0),
-    )
-    try:
-        session.backward(compute_loss(model, batch, autocast_bf16=False).per_sample)
-        for n in names:
-            for i, ref in enumerate(reference):
-                torch.testing.assert_close(params[n].grad_sample[i], ref[n], rtol=1e-5, atol=1e-7, msg=n)
-    finally:
-        session.close()
+    _assert_hooks_per_sample_gradients_exact(model)
 
 
 @pytest.mark.parametrize("adaln", ["per_layer", "single"])
@@ -217,33 +218,7 @@ def test_transport_refuses_float16_overflow_and_key_mismatch():
 def test_adaln_offsets_per_sample_gradients_under_opacus(adaln):
     model = medim.build_model("tiny", lora=True, seed=0, adaln=adaln, site_trains=["lora", "adaln_offsets"])
     model.train()
-    batch = _batch(model, 4)
-    params = dict(model.named_parameters())
-    names = trainable_names(model)
-    reference = []
-    for i in range(4):
-        sub = type(batch)(**{k: getattr(batch, k)[i : i + 1] for k in batch.__dataclass_fields__})
-        model.zero_grad(set_to_none=True)
-        compute_loss(model, sub, autocast_bf16=False).total.backward()
-        reference.append({n: params[n].grad.clone() for n in names})
-    model.zero_grad(set_to_none=True)
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    session = privatize(
-        model,
-        opt,
-        noise_multiplier=0.0,
-        max_grad_norm=1e6,
-        expected_batch_size=4,
-        grad_sample_mode="hooks",
-        noise_generator=torch.Generator().manual_seed(0),
-    )
-    try:
-        session.backward(compute_loss(model, batch, autocast_bf16=False).per_sample)
-        for n in names:
-            for i, ref in enumerate(reference):
-                torch.testing.assert_close(params[n].grad_sample[i], ref[n], rtol=1e-5, atol=1e-7, msg=n)
-    finally:
-        session.close()
+    _assert_hooks_per_sample_gradients_exact(model)
 
 
 @pytest.mark.parametrize("preset", ["tiny"])

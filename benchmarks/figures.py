@@ -171,24 +171,10 @@ def sampling_speed(preset: str, *, batch: int = 4, repeats: int = 1) -> dict[str
     return out
 
 
-# Peak resident memory of this process's own address space: /proc's VmHWM starts afresh at exec, whereas
-# ru_maxrss keeps the high-water mark of the process image exec replaced (the forking parent's, here the
-# benchmark process itself, which had reported the parent's RSS for both children).
-_PEAK = """
-def peak_rss_gb():
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-"""
-
 _CLIENT = """
-import json, resource, sys, torch
+import json, sys, torch
 import medim
+from benchmarks.machine import peak_rss_gb
 from medim.config import DiffusionConfig, TrainConfig
 from medim.privacy import PrivacyConfig, train_private
 from benchmarks.train_throughput import records
@@ -203,8 +189,9 @@ print(json.dumps({"peak_rss_gb": peak_rss_gb()}))
 """
 
 _SERVER = """
-import json, resource, sys, torch
+import json, sys, torch
 import medim
+from benchmarks.machine import peak_rss_gb
 from medim.config import DiffusionConfig
 from medim.evaluate import heldout_loss
 from benchmarks.train_throughput import records
@@ -217,7 +204,7 @@ print(json.dumps({"peak_rss_gb": peak_rss_gb()}))
 
 def _child(code: str, *args: str) -> float:
     done = subprocess.run(
-        [sys.executable, "-c", _PEAK + code, *args],
+        [sys.executable, "-c", code, *args],
         capture_output=True,
         text=True,
         check=True,

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 import medim
-from benchmarks.machine import describe, matmul_flops
+from benchmarks.machine import describe, matmul_flops, peak_rss_gb
 from benchmarks.train_throughput import records, step_flops
 from medim.config import DiffusionConfig
 from medim.diffusion import NoisedBatch, add_noise
@@ -82,11 +82,7 @@ def peak_memory_gb(device: torch.device) -> float:
     """Peak allocated device memory (CUDA), or this process's peak RSS (CPU), in GiB."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20
-    return float("nan")
+    return peak_rss_gb()
 
 
 def run(shape: str, *, batch_size: int, steps: int, device: torch.device) -> dict[str, Any]:

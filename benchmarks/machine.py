@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import time
 
 import torch
@@ -65,3 +66,17 @@ def matmul_flops(dtype: torch.dtype, *, size: int = 1024, seconds: float = 2.0, 
             torch.cuda.synchronize()
         best = max(best, 4 * 2 * size**3 / (time.perf_counter() - start))
     return best
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process's own address space in GiB: /proc's VmHWM starts afresh at exec,
+    whereas ru_maxrss (the fallback off Linux) keeps the high-water mark of the image exec replaced, which for a
+    child of the benchmark process is the parent's."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -34,6 +34,8 @@ class SimConfig:
     (DP-SGD needs records per site); ``pretrain_steps`` 0 means the train preset's steps; ``workspace`` empty means ``<out>/workspace``.
     Every site gets the privacy preset ``dp``; ``site_epsilon`` gives some sites their own epsilon budget (sites
     differ); ``dp_seed`` fixes every site's DP sampling and noise (reproducible tests only: it voids the guarantee).
+    ``noise_multiplier`` and ``epsilon_budget`` (null = the preset's) replace the preset's for every site: for
+    research sweeps of the privacy/utility trade-off on one machine (a real site's privacy is its own file).
     """
 
     preset: str = "small"
@@ -50,6 +52,8 @@ class SimConfig:
     seed: int = 0
     site_epsilon: dict[str, float] = field(default_factory=dict)
     dp_seed: int | None = None
+    noise_multiplier: float | None = None
+    epsilon_budget: float | None = None
 
     def __post_init__(self) -> None:
         check_positive("sim.synth_scale", self.synth_scale)
@@ -59,6 +63,10 @@ class SimConfig:
         check(len(set(self.sites)) == len(self.sites), "sim.sites", self.sites, "distinct site names")
         for site, eps in self.site_epsilon.items():
             check(eps > 0, f"sim.site_epsilon.{site}", eps, "> 0")
+        if self.noise_multiplier is not None:
+            check_positive("sim.noise_multiplier", self.noise_multiplier)
+        if self.epsilon_budget is not None:
+            check_positive("sim.epsilon_budget", self.epsilon_budget)
 
 
 @dataclass

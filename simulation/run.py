@@ -80,6 +80,10 @@ def write_site_configs(
     privacy = load_preset(PrivacyConfig, "dp", sim.dp)
     if sim.dp_seed is not None:
         privacy = replace(privacy, seed=sim.dp_seed)
+    if sim.noise_multiplier is not None:
+        privacy = replace(privacy, noise_multiplier=sim.noise_multiplier)
+    if sim.epsilon_budget is not None:
+        privacy = replace(privacy, epsilon_budget=sim.epsilon_budget)
     for name in sites:
         budget = sim.site_epsilon.get(name, privacy.epsilon_budget)
         cfg = replace(

@@ -1,11 +1,16 @@
 """summary.json pieces from hand-made round records; composing medim-simulate's config; the compare table."""
 
+from dataclasses import replace
+
 import pytest
 
-from client.config import SiteConfig
-from medim.config import ConfigError
+from client.config import SiteConfig, load_site_config
+from medim.config import ConfigError, load_preset
+from medim.pipeline import Workspace
+from medim.privacy import PrivacyConfig
 from simulation.compare import Row, markdown
 from simulation.config import compose_simulate
+from simulation.run import write_site_configs
 from simulation.summary import curves, round_entry, site_entries
 
 
@@ -103,12 +108,31 @@ def test_compose_applies_overrides_and_the_run_dir(tmp_path):
         ("dp=nope", "dp/nope"),
         ("baseline=x", "baseline"),
         ("sim.synth_scale=-1", "sim.synth_scale"),
+        ("sim.noise_multiplier=0", "sim.noise_multiplier"),
+        ("sim.epsilon_budget=-2", "sim.epsilon_budget"),
         ("fl.generation.samples=1", "fl.generation.samples"),
     ],
 )
 def test_compose_names_the_bad_setting(override, named):
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
         compose_simulate([override])
+
+
+def test_sweep_settings_replace_the_privacy_preset_for_every_site(tmp_path):
+    sim = compose_simulate(["sim.noise_multiplier=0.5", "sim.epsilon_budget=20"]).sim
+    sim = replace(sim, site_epsilon={"b": 3.0})
+    ws = Workspace(
+        root=tmp_path, preset="small", seed=0, sites={"a": [tmp_path / "a"], "b": [tmp_path / "b"]}
+    )
+    sites = write_site_configs(sim, ws, tmp_path / "run", ["a", "b"])
+    preset = load_preset(PrivacyConfig, "dp", "default")
+    for name, budget in (("a", 20.0), ("b", 3.0)):  # a site's own budget still wins
+        privacy = load_site_config(tmp_path / "run" / "sites" / name / "site.yaml").privacy
+        assert privacy == sites[name].privacy
+        assert (privacy.noise_multiplier, privacy.epsilon_budget) == (0.5, budget)
+        assert (privacy.max_grad_norm, privacy.delta) == (preset.max_grad_norm, preset.delta)
+    default = write_site_configs(compose_simulate([]).sim, ws, tmp_path / "run2", ["a"])["a"].privacy
+    assert default == preset
 
 
 def test_markdown_table():

@@ -13,6 +13,8 @@ Fault kinds (``update`` = the site's honest ``w_site - w_global``):
 
 =================== ================================================================================
 ``crash``           the site's process fails before training (Flower error reply): ``failed``
+``killed``          the site's worker process is killed before training (SIGKILL, as by an out-of-memory
+                    killer): ``failed``; the simulation gives the next message a fresh worker
 ``slow``            the site sleeps ``seconds`` before training (past ``fl.timeout_s``: ``failed``)
 ``nan`` / ``inf``   one value of the first tensor is NaN / +inf
 ``wrong_shape``     the first tensor gains a row
@@ -27,6 +29,8 @@ Fault kinds (``update`` = the site's honest ``w_site - w_global``):
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -56,6 +60,7 @@ from server.config import FLConfig
 
 KINDS = (
     "crash",
+    "killed",
     "slow",
     "nan",
     "inf",
@@ -205,6 +210,8 @@ def faulty_client_app(plan: FaultPlan, defaults: Mapping[str, Scalar]) -> Client
         for fault in faults:
             if fault.kind == "crash":
                 raise SiteCrash(f"{site.name}: injected crash in round {server_round}")
+            if fault.kind == "killed":
+                os.kill(os.getpid(), signal.SIGKILL)
             if fault.kind == "slow":
                 time.sleep(fault.seconds)
         reply = handle_train(msg, site)

@@ -127,7 +127,16 @@ def simulate(request: SimRequest, *, hooks: Sequence[EvalHook] = ()) -> Path:
     }
     plan = ServerPlan.from_run_config(run_config)
     backend = {
-        "client_resources": {"num_cpus": sim.num_cpus, "num_gpus": 0.0},
+        # Ray options of the sites' actors: a worker that dies (the OOM killer, a crash in native code) is
+        # restarted and the message it was running is tried once more on the fresh worker (a second death fails
+        # it: Flower error reply, audited). Without restarts Flower puts the dead actor back into its pool and
+        # every later message handed to it fails too.
+        "client_resources": {
+            "num_cpus": sim.num_cpus,
+            "num_gpus": 0.0,
+            "max_restarts": -1,
+            "max_task_retries": 1,
+        },
         "init_args": {
             "logging_level": "ERROR",
             "log_to_driver": request.progress,

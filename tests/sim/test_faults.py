@@ -9,7 +9,7 @@ import pytest
 from simruns import tiny_sim
 
 from server.audit import verify_chain
-from simulation.faults import load_fault_plan
+from simulation.faults import Fault, FaultPlan, load_fault_plan
 from simulation.run import SimRequest, simulate
 
 
@@ -74,3 +74,19 @@ def test_the_median_holds_back_an_accepted_x100_attacker(workspace, tmp_path):
         assert r["update_norm"] <= math.sqrt(3) * max(honest)
         for modality, loss in r["eval"].items():
             assert loss["loss"] < first[modality]["loss"] + 0.5
+
+
+@pytest.mark.slow
+def test_a_site_whose_worker_is_killed_fails_that_round_and_rejoins(workspace, tmp_path):
+    plan = FaultPlan(
+        faults=[Fault(site="hospital-a", kind="killed", rounds=[1])],
+        sites=["hospital-a", "pathlab-c"],
+        fl={"generation": {"every": 0}},
+    )
+    sim = tiny_sim(workspace, dp="off", sites=plan.sites)
+    simulate(SimRequest(sim=sim, out=tmp_path, rounds=3, progress=False, fl_overrides=plan.fl, faults=plan))
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert outcome(s, 1, "hospital-a")[0] == "failed"
+    for server_round in (2, 3):  # a fresh worker takes the site's next messages (Ray restarts the actor)
+        assert outcome(s, server_round, "hospital-a") == ("accepted", "")
+    assert all(outcome(s, r, "pathlab-c") == ("accepted", "") for r in (1, 2, 3))

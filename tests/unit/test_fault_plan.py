@@ -72,7 +72,8 @@ def test_a_sign_flip_passes_per_update_bounds():
 
 def test_the_mixed_plan_covers_every_kind_and_names_its_sites():
     plan = load_fault_plan("mixed")
-    assert {f.kind for f in plan.faults} == set(KINDS)
+    # `killed` takes the site's worker process down: tests/sim/test_faults.py runs it on its own, with rounds after
+    assert {f.kind for f in plan.faults} == set(KINDS) - {"killed"}
     assert plan.fl["timeout_s"] < min(f.seconds for f in plan.faults if f.kind == "slow")
     assert [f.kind for f in plan.for_site("hospital-b", 2)] == ["slow"]
     assert plan.for_site("hospital-d", 1) == []

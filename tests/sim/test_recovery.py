@@ -110,7 +110,10 @@ def test_coordinator_killed_after_round_1_resumes_to_the_uninterrupted_result(wo
     out = tmp_path / "run"
     proc = start(COORDINATOR, str(workspace), str(out), str(FED_ROUNDS))
     try:
-        wait_for(lambda: (out / "checkpoints" / "round-0001").is_dir(), proc, timeout=240)
+        # the commit point is LATEST naming the round (its folder is renamed into place just before)
+        wait_for(
+            lambda: getattr(latest_path(out / "checkpoints"), "name", "") == "round-0001", proc, timeout=240
+        )
     finally:
         kill_tree(proc)
     assert proc.returncode == -signal.SIGKILL

@@ -45,6 +45,10 @@ from medim.train import StepLog, TrainResult, check_sequences, run_steps, train_
 class PrivacyConfig:
     """DP-SGD settings of a site (``configs/dp/``). Privacy unit: one image-report pair.
 
+    ``max_physical_batch`` bounds the records one forward/backward holds (the site's memory): a Poisson batch
+    above it runs in chunks whose clipped per-sample gradients are summed before the one noise draw and step --
+    the same DP step and accounting, memory of a chunk (0 = the whole batch at once; not with ghost clipping).
+
     ``delta`` must also be below 1/N for the site's N records (checked when training). ``seed`` fixes the
     Poisson sampling and the noise: for tests and reproducible experiments only -- anyone who knows it can
     remove the noise, so leave it ``None`` (fresh OS entropy every round) for real sites.
@@ -58,6 +62,7 @@ class PrivacyConfig:
     accountant: str = "rdp"
     grad_sample_mode: str = "hooks"
     seed: int | None = None
+    max_physical_batch: int = 0
 
     def __post_init__(self) -> None:
         check(
@@ -77,6 +82,18 @@ class PrivacyConfig:
         check_choice("privacy.accountant", self.accountant, ACCOUNTANTS)
         check_choice("privacy.grad_sample_mode", self.grad_sample_mode, GRAD_SAMPLE_MODES)
         check(self.seed is None or self.seed >= 0, "privacy.seed", self.seed, "null or >= 0")
+        check(
+            self.max_physical_batch >= 0,
+            "privacy.max_physical_batch",
+            self.max_physical_batch,
+            ">= 0 (0 = no limit)",
+        )
+        check(
+            not (self.max_physical_batch and self.grad_sample_mode == "ghost"),
+            "privacy.max_physical_batch",
+            self.max_physical_batch,
+            "0 with grad_sample_mode=ghost (chunked batches need per-sample gradients: hooks or functorch)",
+        )
 
 
 @dataclass
@@ -254,6 +271,9 @@ def _dp_steps(
         session.backward(None if loss is None else loss.per_sample)
         session.step(prox)
 
+    def accumulate(loss: Loss) -> None:
+        session.accumulate(loss.per_sample)
+
     try:
         result = run_steps(
             model,
@@ -267,6 +287,8 @@ def _dp_steps(
             progress=progress,
             on_log=on_log,
             desc="train (DP)",
+            max_rows=privacy.max_physical_batch,
+            accumulate=accumulate,
         )
     finally:
         session.close()

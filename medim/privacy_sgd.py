@@ -62,6 +62,14 @@ class DPSession:
                 if isinstance(grad_sample, torch.Tensor) and grad_sample.dtype != p.dtype:
                     p.grad_sample = grad_sample.to(p.dtype)  # type: ignore[attr-defined]
 
+    def accumulate(self, per_sample: torch.Tensor) -> None:
+        """A chunk of a larger Poisson batch: per-sample gradients of ``per_sample`` [b], clipped and added to
+        the batch's running sum; no noise, no step (the batch's last chunk goes through backward + step)."""
+        self.backward(per_sample)
+        self.optimizer.signal_skip_step(do_skip=True)
+        if self.optimizer.pre_step():
+            raise RuntimeError("Opacus took a step on a chunk it was told to accumulate")
+
     def step(self, prox: ProximalTerm | None = None) -> bool:
         """Clip per sample, sum, add noise, scale by the expected batch size, add ``prox``'s pull, step.
 

@@ -107,6 +107,8 @@ def run_steps(
     progress: bool,
     on_log: Callable[[StepLog], None] | None,
     desc: str = "train",
+    max_rows: int = 0,
+    accumulate: Callable[[Loss], None] | None = None,
 ) -> TrainResult:
     """The shared loop: ``train.steps`` steps (or ``max_minutes``) of draw -> noise -> loss -> update.
 
@@ -116,7 +118,12 @@ def run_steps(
         draw: returns the record indices of the next batch, LongTensor [B] (B may be 0 under Poisson sampling).
         update: takes the batch's loss (None for an empty batch) and does backward + optimizer step.
         generator: randomness of the diffusion noise (tasks, times, masks).
+        max_rows: a batch of more records runs in chunks of at most ``max_rows`` (0 = never): ``accumulate``
+            takes each chunk's loss but the last, ``update`` the last chunk's; the logged loss is the
+            row-weighted mean over the chunks.
     """
+    if max_rows and accumulate is None:
+        raise ValueError("max_rows needs an accumulate rule for the chunks before the last")
     if train.threads:
         torch.set_num_threads(train.threads)
     retain_freed_memory()  # the steps reuse resident memory (medim.malloc)
@@ -131,15 +138,27 @@ def run_steps(
             lr = lr_at(step, train)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            chunks = list(idx.split(max_rows)) if max_rows and len(idx) > max_rows else [idx]
+            parts: list[tuple[int, Loss]] = []
+            for rows in chunks[:-1]:
+                parts.append((len(rows), _chunk_loss(model, x0[rows], diffusion, generator, train)))
+                assert accumulate is not None
+                accumulate(parts[-1][1])
             loss = None
             if len(idx) > 0:
-                batch = add_noise(x0[idx], model.vocab, diffusion, generator=generator)
-                loss = compute_loss(model, batch, autocast_bf16=train.autocast_bf16)
+                loss = _chunk_loss(model, x0[chunks[-1]], diffusion, generator, train)
+                parts.append((len(chunks[-1]), loss))
                 tokens += len(idx) * model.vocab.seq_len
             update(loss)
             result.steps = step + 1
             if loss is not None and (step % train.log_every == 0 or step == train.steps - 1):
-                log = StepLog(step, loss.total.item(), loss.image.item(), loss.text.item(), lr)
+                total, image, text = (
+                    getattr(loss, key).item()
+                    if len(parts) == 1
+                    else sum(n * getattr(part, key).item() for n, part in parts) / len(idx)
+                    for key in ("total", "image", "text")
+                )
+                log = StepLog(step, total, image, text, lr)
                 result.history.append(log)
                 bar.set_postfix(loss=f"{log.loss:.3f}")
                 if on_log is not None:
@@ -152,6 +171,14 @@ def run_steps(
     result.seconds = time.perf_counter() - start
     result.tokens_per_second = tokens / max(result.seconds, 1e-9)
     return result
+
+
+def _chunk_loss(
+    model: MeDiM, x0: torch.Tensor, diffusion: DiffusionConfig, generator: torch.Generator, train: TrainConfig
+) -> Loss:
+    """Noise the records x0 [b, L] and return their diffusion loss."""
+    batch = add_noise(x0, model.vocab, diffusion, generator=generator)
+    return compute_loss(model, batch, autocast_bf16=train.autocast_bf16)
 
 
 def train_local(

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import medim
+import medim.privacy_sgd
 from medim.config import ConfigError, DiffusionConfig, TrainConfig, load_preset
 from medim.diffusion import add_noise
 from medim.model.lora import apply_lora, trainable_names, trainable_state
@@ -124,6 +125,67 @@ def test_clipped_noiseless_step_is_mean_of_clipped_per_sample_gradients(mode, ad
             torch.testing.assert_close(params[name].grad, want, rtol=1e-4, atol=1e-7, msg=name)
     finally:
         session.close()
+
+
+def rows_of(batch, start: int, stop: int):
+    """Records start..stop of a noised batch."""
+    return type(batch)(**{k: getattr(batch, k)[start:stop] for k in batch.__dataclass_fields__})
+
+
+@pytest.mark.parametrize("mode", ["hooks", "functorch"])
+def test_a_batch_in_chunks_takes_the_same_dp_step(mode):
+    """Chunks 4 + 2 of a 6-record batch: the same clipped sum, one noise draw, one accounted step."""
+    whole, chunked = tiny().train(), tiny().train()
+    batch = noised(whole, 6)
+    moved = {}
+    for model, pieces in ((whole, [(0, 6)]), (chunked, [(0, 4), (4, 6)])):
+        before = {k: v.clone() for k, v in trainable_state(model).items()}
+        session = session_for(model, mode, noise=0.5, clip=0.5, batch=6)
+        steps = []
+        session.optimizer.attach_step_hook(lambda opt, steps=steps: steps.append(1))
+        try:
+            for start, stop in pieces[:-1]:
+                session.accumulate(
+                    compute_loss(model, rows_of(batch, start, stop), autocast_bf16=False).per_sample
+                )
+            start, stop = pieces[-1]
+            session.backward(compute_loss(model, rows_of(batch, start, stop), autocast_bf16=False).per_sample)
+            assert session.step()
+        finally:
+            session.close()
+        assert len(steps) == 1
+        moved[len(pieces)] = {k: v - before[k] for k, v in trainable_state(model).items()}
+    for name, delta in moved[1].items():
+        torch.testing.assert_close(moved[2][name], delta, rtol=1e-4, atol=1e-6, msg=name)
+    assert any(float(d.abs().max()) > 0 for d in moved[1].values())
+
+
+def test_train_private_runs_big_batches_in_chunks(tmp_path, monkeypatch):
+    chunks = []
+    accumulate = medim.privacy_sgd.DPSession.accumulate
+    monkeypatch.setattr(
+        medim.privacy_sgd.DPSession,
+        "accumulate",
+        lambda self, per_sample: (chunks.append(len(per_sample)), accumulate(self, per_sample))[1],
+    )
+    model = tiny()
+    before = {k: v.clone() for k, v in trainable_state(model).items()}
+    result = train_private(
+        model,
+        records(model, 16),
+        diffusion=DIFFUSION,
+        train=TrainConfig(steps=3, batch_size=8, log_every=1),
+        privacy=PrivacyConfig(epsilon_budget=1e3, delta=1e-3, seed=0, max_physical_batch=3),
+        ledger_path=tmp_path / "ledger.json",
+        progress=False,
+    )
+    assert chunks and max(chunks) <= 3  # every chunk but the last of each batch went through accumulate
+    assert (
+        result.steps == 3
+        and PrivacyLedger.load(tmp_path / "ledger.json", accountant="rdp", delta=1e-3).history[-1].steps == 3
+    )
+    assert all(math.isfinite(h.loss) for h in result.history)
+    assert all(not torch.equal(v, before[k]) for k, v in trainable_state(model).items())
 
 
 @pytest.mark.parametrize("mode", GRAD_SAMPLE_MODES)
@@ -442,9 +504,12 @@ def test_config_presets_and_validation():
         ("max_grad_norm", -1.0),
         ("accountant", "moments"),
         ("grad_sample_mode", "ew"),
+        ("max_physical_batch", -1),
     ]:
         with pytest.raises(ConfigError, match=f"privacy.{setting}"):
             PrivacyConfig(**{setting: value})
+    with pytest.raises(ConfigError, match="privacy.max_physical_batch.*ghost"):
+        PrivacyConfig(max_physical_batch=8, grad_sample_mode="ghost")
 
 
 def test_delta_must_be_below_one_over_n(tmp_path):

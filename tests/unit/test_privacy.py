@@ -49,14 +49,18 @@ def noised(model, n: int = 4):
     return add_noise(x0, model.vocab, DIFFUSION, t=t, task=task, generator=torch.Generator().manual_seed(2))
 
 
+def rows_of(batch, start: int, stop: int):
+    """Records start..stop of a noised batch."""
+    return type(batch)(**{k: getattr(batch, k)[start:stop] for k in batch.__dataclass_fields__})
+
+
 def one_at_a_time(model, batch) -> list[dict[str, torch.Tensor]]:
     """Gradient of each record's own loss, fp32, one record per backward."""
     out = []
     params = dict(model.named_parameters())
     for i in range(batch.x0.shape[0]):
-        sub = type(batch)(**{k: getattr(batch, k)[i : i + 1] for k in batch.__dataclass_fields__})
         model.zero_grad(set_to_none=True)
-        compute_loss(model, sub, autocast_bf16=False).total.backward()
+        compute_loss(model, rows_of(batch, i, i + 1), autocast_bf16=False).total.backward()
         out.append({name: params[name].grad.detach().clone() for name in trainable_names(model)})
     model.zero_grad(set_to_none=True)
     return out
@@ -125,11 +129,6 @@ def test_clipped_noiseless_step_is_mean_of_clipped_per_sample_gradients(mode, ad
             torch.testing.assert_close(params[name].grad, want, rtol=1e-4, atol=1e-7, msg=name)
     finally:
         session.close()
-
-
-def rows_of(batch, start: int, stop: int):
-    """Records start..stop of a noised batch."""
-    return type(batch)(**{k: getattr(batch, k)[start:stop] for k in batch.__dataclass_fields__})
 
 
 @pytest.mark.parametrize("mode", ["hooks", "functorch"])
